@@ -77,17 +77,19 @@ def stable_hash(text: str) -> int:
 
 def stage_input_files(input_path: str) -> list[str]:
   """The document shards of a finished stage directory (or the files matching a pattern)."""
-  if FileSystems.exists(input_path) and not FileSystems.match([input_path + "/*"])[0].metadata_list:
-    return [input_path]  # A single file.
-  marker = FileSystems.join(input_path, SUCCESS_MARKER)
-  if FileSystems.exists(input_path.rstrip("/") + "/"):
+  directory = input_path.rstrip("/")
+  # Object stores have no directories: a stage directory is recognised by the files under it.
+  is_directory = bool(FileSystems.match([directory + "/*"])[0].metadata_list) or (
+      _is_local(directory) and os.path.isdir(directory))
+  marker = FileSystems.join(directory, SUCCESS_MARKER)
+  if is_directory:
     if not FileSystems.exists(marker):
       raise StageError(
           f"{input_path} has no {SUCCESS_MARKER} marker: the stage that writes it did not finish."
       )
-    pattern = FileSystems.join(input_path, f"{DOCS_PREFIX}-*.jsonl")
+    pattern = FileSystems.join(directory, f"{DOCS_PREFIX}-*.jsonl")
   else:
-    pattern = input_path
+    pattern = input_path  # A single file or a glob.
   files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
   if not files:
     raise StageError(f"No input files match {pattern}.")

@@ -1,0 +1,1 @@
+"""Apache Beam jobs that turn WARC files into clean, filtered, deduplicated documents."""

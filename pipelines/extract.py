@@ -1,0 +1,394 @@
+"""WARC files -> documents: HTML to clean text, charset repair, URL normalisation, language id.
+
+Every WARC record entering the job is counted. ``response`` records (HTML pages) go through
+HTTP status and content-type checks, charset decoding and trafilatura; ``conversion`` records (the
+text records of Common Crawl WET files) are already text. Everything else (``request``,
+``warcinfo``, ``metadata``, ``revisit``, ...) is dropped as ``non_response_record``.
+
+Tag, then filter: :class:`ExtractText` attaches ``lang``/``lang_score`` to every document it
+could extract, and :class:`ApplyLanguageFilter` applies the ``--languages``/``--min_lang_score``
+thresholds of :class:`ExtractConfig`.
+
+    python -m pipelines.extract --input='data/sample/*.warc.gz' --output_dir=out/extract
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import hashlib
+import logging
+import re
+import threading
+import unicodedata
+import urllib.parse
+from typing import Any
+
+import apache_beam as beam
+import charset_normalizer
+import courlan
+import lxml.etree
+import lxml.html
+import trafilatura
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+from warcio.archiveiterator import ArchiveIterator
+from warcio.recordloader import ArcWarcRecordLoader
+
+from pipelines import common
+from pipelines.quality import add_config_flags, config_from_args
+
+STAGE = "extract"
+TEXT_RECORD_TYPES = ("response", "conversion")
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+# WHATWG encoding rules: pages labelled latin-1 or ASCII are decoded as windows-1252.
+_CHARSET_ALIASES = {"latin_1": "cp1252", "iso8859-1": "cp1252", "ascii": "cp1252"}
+_META_CHARSET_RE = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_\-:.]+)""", re.I)
+# How much more "mess" than the best guess windows-1252 may show and still be chosen.
+_CP1252_MARGIN = 0.15
+_WHITESPACE_RE = re.compile(r"\s+")
+_PRESERVE_WHITESPACE_TAGS = frozenset(["pre", "textarea"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+  """Extraction limits and language thresholds; every field is also a flag."""
+
+  # Comma-separated ISO 639-1 codes to keep; empty keeps every language.
+  languages: str = "en"
+  # py3langid's normalised probability of the detected language.
+  min_lang_score: float = 0.5
+  # Wall-clock budget for one page's HTML-to-text conversion.
+  extract_timeout_s: float = 10.0
+
+
+class ExtractTimeout(Exception):
+  pass
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def doc_id(target_uri: str, record_id: str) -> str:
+  return hashlib.sha1(f"{target_uri}\n{record_id}".encode("utf-8")).hexdigest()[:16]
+
+
+def source_name(path: str) -> str:
+  """``data/sample/web.warc.gz`` -> ``web``."""
+  return path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def normalize_url(url: str) -> str:
+  """Lowercase scheme and host, no default port, sorted query without tracking parameters
+  (courlan), and no fragment."""
+  url = url.strip().strip("<>")
+  try:
+    url = courlan.normalize_url(url)
+  except ValueError:
+    pass  # Keep the URL as given; it is still an identifier.
+  return urllib.parse.urlsplit(url)._replace(fragment="").geturl()
+
+
+def is_html(content_type: str, body: bytes) -> bool:
+  mime = content_type.split(";", 1)[0].strip().lower()
+  if mime:
+    return mime in HTML_TYPES
+  head = body[:1024].lstrip().lower()
+  return head.startswith((b"<!doctype html", b"<html"))
+
+
+def _codec(name: str) -> str | None:
+  try:
+    codec = codecs.lookup(name.strip().strip("\"'")).name
+  except LookupError:
+    return None
+  return _CHARSET_ALIASES.get(codec, codec)
+
+
+def declared_charsets(content_type: str, body: bytes) -> list[str]:
+  """Codecs named by the HTTP ``Content-Type`` header, then by a ``<meta>`` tag (known ones only)."""
+  names = []
+  for part in content_type.split(";")[1:]:
+    key, _, value = part.partition("=")
+    if key.strip().lower() == "charset":
+      names.append(value)
+  match = _META_CHARSET_RE.search(body[:4096])
+  if match:
+    names.append(match.group(1).decode("ascii"))
+  codecs_ = [_codec(n) for n in names]
+  return list(dict.fromkeys(c for c in codecs_ if c))
+
+
+def decode_html(body: bytes, content_type: str) -> tuple[str, str] | None:
+  """``(text, codec)`` or None if no codec decodes the page.
+
+  Valid UTF-8 wins even over a declared charset: a byte string with non-ASCII characters that
+  decodes as UTF-8 is practically never in another encoding, and "declared latin-1, served UTF-8"
+  is the commonest cause of mojibake. Then the declared charsets (HTTP header, then ``<meta>``)
+  are tried strictly, then charset_normalizer's detection.
+
+  On short pages detection is unsure: several single-byte codecs decode about equally cleanly
+  (cp1252 and cp1257 differ only in a few accented letters). windows-1252, the most common legacy
+  web encoding and the WHATWG fallback, is chosen when its "mess" (charset_normalizer's chaos
+  ratio) is within ``_CP1252_MARGIN`` of the best guess.
+  """
+  for codec in ["utf-8"] + declared_charsets(content_type, body):
+    try:
+      return body.decode(codec), codec
+    except UnicodeDecodeError:
+      continue
+  matches = charset_normalizer.from_bytes(body)
+  best = matches.best()
+  if best is None:
+    return None
+  for match in matches:
+    if match.encoding == "cp1252" and match.chaos <= best.chaos + _CP1252_MARGIN:
+      return str(match), match.encoding
+  return str(best), best.encoding
+
+
+def _collapse_whitespace(tree) -> None:
+  """Collapses whitespace runs outside ``<pre>`` as a browser renders them, so that a paragraph
+  that is line-wrapped in the HTML source becomes one line of text."""
+  for element in tree.iter():
+    in_pre = any(a.tag in _PRESERVE_WHITESPACE_TAGS for a in element.iterancestors())
+    if isinstance(element.tag, str) and element.text and not (
+        in_pre or element.tag in _PRESERVE_WHITESPACE_TAGS):
+      element.text = _WHITESPACE_RE.sub(" ", element.text)
+    if element.tail and not in_pre:
+      element.tail = _WHITESPACE_RE.sub(" ", element.tail)
+
+
+def html_to_text(html: str, url: str) -> str:
+  """Main text of a page, one paragraph per line (trafilatura, tuned for recall)."""
+  parser = lxml.html.HTMLParser(encoding="utf-8")
+  try:
+    tree = lxml.html.fromstring(html.encode("utf-8"), parser=parser)
+  except lxml.etree.ParserError:  # "Document is empty": no elements at all.
+    return ""
+  _collapse_whitespace(tree)
+  text = trafilatura.extract(
+      tree,
+      url=url or None,
+      output_format="txt",
+      favor_recall=True,
+      include_tables=True,
+      include_comments=False,  # Reader comments are mostly short, low-quality text.
+      include_links=False,
+      include_images=False,
+      include_formatting=False,
+      deduplicate=False,  # trafilatura's dedup cache is process state: not deterministic.
+  )
+  return text or ""
+
+
+def clean_text(text: str) -> str:
+  """NFC, stripped lines, no empty lines, no trailing ``¶`` anchors (Sphinx headings)."""
+  lines = (line.strip().rstrip("¶").rstrip() for line in unicodedata.normalize("NFC", text).split("\n"))
+  return "\n".join(line for line in lines if line)
+
+
+def call_with_timeout(fn, timeout_s: float, *args):
+  """Runs ``fn(*args)`` in a daemon thread; raises ExtractTimeout after ``timeout_s``.
+
+  Signal-free, so it works in any worker thread. A thread cannot be killed: a timed-out call keeps
+  running in the background until it ends, but the pipeline moves on and does not hang on exit.
+  """
+  result: dict[str, Any] = {}
+
+  def target():
+    try:
+      result["value"] = fn(*args)
+    except Exception as e:  # Re-raised in the caller's thread.
+      result["error"] = e
+
+  thread = threading.Thread(target=target, daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  if thread.is_alive():
+    raise ExtractTimeout(f"took more than {timeout_s}s")
+  if "error" in result:
+    raise result["error"]
+  return result["value"]
+
+
+def warc_input_files(input_path: str) -> list[str]:
+  """WARC/WET files of a directory, or the files matching a pattern, sorted."""
+  patterns = [input_path]
+  if FileSystems.match([input_path.rstrip("/") + "/*"])[0].metadata_list:
+    patterns = [FileSystems.join(input_path, p) for p in ("*.warc", "*.warc.gz", "*.wet", "*.wet.gz")]
+  files = sorted({m.path for r in FileSystems.match(patterns) for m in r.metadata_list})
+  if not files:
+    raise common.StageError(f"No WARC files match {input_path}.")
+  return files
+
+
+# ----------------------------------------------------------------------------- Beam steps
+
+
+class ReadWarcRecords(beam.DoFn):
+  """File path -> one raw record dict per WARC record; non-text records go to the rejects.
+
+  A file that cannot be read to the end adds one ``warc_read_error`` record (naming the file
+  and the error) after the records read before the failure.
+  """
+
+  def __init__(self, source: str = ""):
+    self._source = source
+
+  def process(self, path: str):
+    source = self._source or source_name(path)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      records = iter(ArchiveIterator(f))  # warcio handles per-record gzip itself.
+      done = False
+      while not done:
+        try:
+          record = next(records)
+        except StopIteration:
+          break
+        except Exception as e:  # warcio raises several types for a corrupt or truncated file.
+          record, done = common.reject(STAGE, "warc_read_error", {"id": "", "file": path},
+                                       error=f"{type(e).__name__}: {e}"), True
+        Metrics.counter(STAGE, "in").inc()
+        yield record if done else self._raw_record(record, path, source)
+
+  def _raw_record(self, record, path: str, source: str):
+    headers = record.rec_headers
+    uri = headers.get_header("WARC-Target-URI") or ""
+    raw = {
+        "id": doc_id(uri, headers.get_header("WARC-Record-ID") or ""),
+        "url": normalize_url(uri),
+        "source": source,
+        "warc_date": headers.get_header("WARC-Date") or "",
+        "warc_type": record.rec_type,
+        "file": path,
+    }
+    if record.rec_type not in TEXT_RECORD_TYPES:
+      return common.reject(STAGE, "non_response_record", raw)
+    try:
+      http = _http_headers(record)
+      raw["status"] = int(http.get_statuscode() or 0) if http else None
+      raw["content_type"] = (http.get_header("Content-Type") or "") if http else ""
+      raw["body"] = record.content_stream().read()  # De-chunked and content-decoded.
+    except Exception as e:  # Broken HTTP headers or a broken gzip/brotli/chunked body.
+      return common.reject(STAGE, "decode_error", raw, error=f"{type(e).__name__}: {e}")
+    return raw
+
+
+def _http_headers(record):
+  """The HTTP headers of a response record (None for conversion records).
+
+  warcio only parses them when the target URI starts with a lowercase ``http:``/``https:``;
+  records with an upper-case scheme are parsed here so they are not silently treated as non-HTTP.
+  """
+  if record.rec_type != "response":
+    return None
+  if record.http_headers is None and (record.content_type or "").startswith("application/http"):
+    record.http_headers = ArcWarcRecordLoader().http_parser.parse(record.raw_stream)
+  return record.http_headers
+
+
+class ExtractText(beam.DoFn):
+  """Raw record -> document with ``text``, ``lang`` and ``lang_score``, or a counted reject."""
+
+  def __init__(self, config: ExtractConfig, html_to_text_fn=html_to_text):
+    self._config = config
+    self._html_to_text = html_to_text_fn
+    self._langid = None
+
+  def setup(self):
+    self._langid = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+  def process(self, raw: dict[str, Any]):
+    yield self._extract(raw)
+
+  def _extract(self, raw: dict[str, Any]):
+    body = raw.pop("body")
+    if raw["warc_type"] == "conversion":  # WET text: UTF-8 by the format's definition.
+      try:
+        text = body.decode("utf-8")
+      except UnicodeDecodeError as e:
+        return common.reject(STAGE, "decode_error", raw, error=str(e))
+    else:
+      if raw["status"] != 200:
+        return common.reject(STAGE, "http_status", raw, status=raw["status"])
+      if not is_html(raw["content_type"], body):
+        return common.reject(STAGE, "not_html", raw, content_type=raw["content_type"])
+      decoded = decode_html(body, raw["content_type"])
+      if decoded is None:
+        return common.reject(STAGE, "decode_error", raw, error="no charset decodes the page")
+      try:
+        text = call_with_timeout(
+            self._html_to_text, self._config.extract_timeout_s, decoded[0], raw["url"])
+      except ExtractTimeout as e:
+        return common.reject(STAGE, "extract_timeout", raw, error=str(e))
+      except Exception as e:  # lxml/trafilatura failures on malformed pages.
+        return common.reject(STAGE, "extract_error", raw, error=f"{type(e).__name__}: {e}")
+    text = clean_text(text)
+    if not text:
+      return common.reject(STAGE, "empty_text", raw)
+    lang, score = self._langid.classify(text.replace("\n", " "))
+    doc = {k: raw[k] for k in ("id", "url", "source", "warc_date")}
+    return dict(doc, text=text, lang=lang, lang_score=round(float(score), 4))
+
+
+class ApplyLanguageFilter(beam.DoFn):
+  """Keeps documents in ``--languages`` with ``lang_score >= --min_lang_score``."""
+
+  def __init__(self, config: ExtractConfig):
+    self._languages = frozenset(l.strip() for l in config.languages.split(",") if l.strip())
+    self._min_score = config.min_lang_score
+
+  def process(self, doc: common.Doc):
+    if (self._languages and doc["lang"] not in self._languages) or doc["lang_score"] < self._min_score:
+      yield common.reject(STAGE, "language", doc, lang=doc["lang"], lang_score=doc["lang_score"])
+    else:
+      yield common.keep(STAGE, doc)
+
+
+def run(input_path: str, output_dir: str, num_shards: int, config: ExtractConfig,
+        source: str = "", options=None, html_to_text_fn=html_to_text) -> dict[str, Any]:
+  """Runs the job; ``html_to_text_fn(html, url) -> text`` replaces trafilatura if given."""
+  files = warc_input_files(input_path)
+  logging.info("%s: %d WARC files -> %s", STAGE, len(files), output_dir)
+  with common.atomic_output_dir(output_dir) as tmp_dir:
+    with beam.Pipeline(options=options) as p:
+      records = (
+          p
+          | "Files" >> beam.Create(files)
+          | "ReadWarc" >> beam.ParDo(ReadWarcRecords(source)).with_outputs(
+              common.REJECTS_TAG, main="records")
+      )
+      extracted = (
+          records.records
+          | "Spread" >> beam.Reshuffle()
+          | "Extract" >> beam.ParDo(ExtractText(config, html_to_text_fn)).with_outputs(
+              common.REJECTS_TAG, main="docs")
+      )
+      filtered = extracted.docs | "Language" >> beam.ParDo(
+          ApplyLanguageFilter(config)).with_outputs(common.REJECTS_TAG, main="kept")
+      inputs = (records.records, records[common.REJECTS_TAG]) | "AllInputs" >> beam.Flatten()
+      rejects = (
+          records[common.REJECTS_TAG], extracted[common.REJECTS_TAG], filtered[common.REJECTS_TAG]
+      ) | "AllRejects" >> beam.Flatten()
+      _ = {"in": inputs, "kept": filtered.kept, "rejects": rejects} | "Write" >> (
+          common.WriteStageOutput(tmp_dir, STAGE, num_shards))
+  return common.read_stats(output_dir)
+
+
+def main(argv=None) -> dict[str, Any]:
+  def add_args(parser):
+    add_config_flags(parser, ExtractConfig)
+    parser.add_argument("--source", default="",
+                        help="Source name of every document (default: WARC file name up to the first dot).")
+
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+  return run(args.input, args.output_dir, args.num_shards, config_from_args(ExtractConfig, args),
+             args.source, options)
+
+
+if __name__ == "__main__":
+  logging.getLogger().setLevel(logging.INFO)
+  main()

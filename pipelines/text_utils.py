@@ -1,0 +1,50 @@
+"""Fast, dependency-free text helpers shared by the filter and dedup stages.
+
+Words are found with one regular expression (no NLP toolkit): a word is a run of letters, digits
+or underscores, optionally joined by an apostrophe, hyphen or dot (``don't``, ``e-mail``, ``3.11``,
+``os.path``). Everything else (punctuation, symbols, whitespace) separates words. The same splitter
+is used by quality rules and by dedup shingles, so both stages agree on what a word is.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Sequence
+
+_WORD_RE = re.compile(r"\w+(?:['’\-.]\w+)*")
+_NOT_WORD_OR_SPACE_RE = re.compile(r"[^\w\s]+")
+_SPACE_RE = re.compile(r"\s+")
+_PARAGRAPH_SPLIT_RE = re.compile(r"\n\s*\n")
+
+
+def split_words(text: str) -> list[str]:
+  """The words of ``text``, in order (see the module docstring for what a word is)."""
+  return _WORD_RE.findall(text)
+
+
+def split_lines(text: str) -> list[str]:
+  """Non-empty lines, stripped."""
+  return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def split_paragraphs(text: str) -> list[str]:
+  """Blocks separated by blank lines, stripped (extract's output has one paragraph per line)."""
+  return [p.strip() for p in _PARAGRAPH_SPLIT_RE.split(text) if p.strip()]
+
+
+def normalize_for_hash(text: str) -> str:
+  """Canonical form used by exact dedup.
+
+  NFKC (so full-width and compatibility characters compare equal), lowercase, punctuation and
+  symbols removed, whitespace runs collapsed to one space, stripped. Two pages that differ only
+  in case, punctuation or layout therefore hash the same.
+  """
+  text = unicodedata.normalize("NFKC", text).lower()
+  text = _NOT_WORD_OR_SPACE_RE.sub(" ", text).replace("_", " ")
+  return _SPACE_RE.sub(" ", text).strip()
+
+
+def word_ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+  """All ``n``-grams of ``words`` (none if there are fewer than ``n`` words)."""
+  return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]

@@ -1,0 +1,392 @@
+"""Tokenizes the deduplicated documents into seqio's cache layout, one cached Task per source.
+
+    python -m pipelines.tokenize --input=<dedupe dir> --tokenizer=<tokenizer.model> \
+        --output_dir=<data_dir> [--validation_fraction=0.05] [--num_shards=N]
+
+For each source ``S`` the job writes ``<data_dir>/cache/gf_<S>/`` exactly as seqio's
+``cache_tasks_main`` does, so ``seqio.Task.get_dataset(use_cached=True)`` reads it:
+
+* ``<split>.tfrecord-XXXXX-of-NNNNN``: ``tf.train.Example`` with an int64 list ``targets`` (the
+  document's tokens, no BOS/EOS; the Task adds them) and a bytes ``id`` (the document id, for
+  provenance; seqio passes extra features through and mixtures drop them);
+* ``info.<split>.json`` (features, dtypes, number of shards) and ``stats.<split>.json``
+  (``examples``, ``targets_tokens``, ``targets_max_tokens``), the same keys as seqio's
+  ``beam_utils.GetInfo``/``GetStats``;
+* ``COMPLETED``, which seqio looks for before it trusts a cache directory.
+
+A document goes to the validation split when ``stable_hash("split/" + id)`` falls below
+``validation_fraction`` of the hash range, and to shard ``stable_hash("shard/" + id) % N``: both
+depend only on the id, so reruns, added sources and other documents never move a document. Hash
+assignment balances shards by expected size (the spread is reported in stats.json); every shard is
+written even if empty, sorted by id, so the files are byte-identical on rerun.
+
+``<data_dir>`` also gets a copy of the tokenizer (``tokenizer.model``), ``sources.json`` (per
+source: task name, quality tier, documents and tokens per split; the mixture rates come from it),
+``stats.json`` (``in == kept + dropped``), ``rejects/`` and ``_SUCCESS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import sys
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+import sentencepiece as spm
+import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import common
+from pipelines import train_tokenizer
+
+STAGE = "tokenize"
+CACHE_DIR = "cache"
+SOURCES_FILE = "sources.json"
+TOKENIZER_FILE = "tokenizer.model"
+COMPLETED_FILE = "COMPLETED"
+TASK_PREFIX = "gf_"
+SPLITS = ("train", "validation")
+DEFAULT_TIERS = {"docs": "high"}
+DEFAULT_TIER = "standard"
+# The version of the cache format we write; seqio reads it from info.<split>.json.
+SEQIO_CACHE_VERSION = "0.0.20"
+FEATURES_INFO = {
+    "id": {"dtype": "string", "shape": []},
+    "targets": {"dtype": "int32", "shape": [None]},
+}
+
+
+def task_name(source: str) -> str:
+  """The seqio Task name of a source: ``gf_`` + the name with characters seqio rejects as ``_``."""
+  return TASK_PREFIX + re.sub(r"[^0-9A-Za-z_]", "_", source)
+
+
+def assign_split(doc_id: str, validation_fraction: float) -> str:
+  return "validation" if common.stable_hash("split/" + doc_id) < validation_fraction * 2**64 else "train"
+
+
+def assign_shard(doc_id: str, num_shards: int) -> int:
+  return common.stable_hash("shard/" + doc_id) % num_shards
+
+
+def cache_file(task_dir: str, split: str, shard: int, num_shards: int) -> str:
+  return FileSystems.join(task_dir, f"{split}.tfrecord-{shard:05d}-of-{num_shards:05d}")
+
+
+def parse_tiers(spec: str) -> dict[str, str]:
+  """Parses ``source=tier,source=tier`` into a dict; an empty string gives ``{}``."""
+  tiers = {}
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    source, sep, tier = item.partition("=")
+    if not sep or not source.strip() or not tier.strip():
+      raise common.StageError(f"--tiers: expected source=tier, got {item!r}.")
+    tiers[source.strip()] = tier.strip()
+  return tiers
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+class EncodeDocs(beam.DoFn):
+  """Encodes a batch of documents with one ``sp.encode`` call; routes each to (task, split, shard).
+
+  Emits ``((task, split, shard), (id, source, num_tokens, serialized tf.train.Example))``;
+  documents without a source or with no tokens go to the rejects output with their reason.
+  """
+
+  def __init__(self, model_proto: bytes, validation_fraction: float, num_shards: dict[str, int]):
+    self._model_proto = model_proto
+    self._validation_fraction = validation_fraction
+    self._num_shards = num_shards
+    self._sp = None
+
+  def setup(self):
+    self._sp = spm.SentencePieceProcessor()
+    self._sp.LoadFromSerializedProto(self._model_proto)
+    self._tokens = Metrics.counter(STAGE, "tokens")
+
+  def process(self, batch: list[common.Doc]):
+    docs = []
+    for doc in batch:
+      source = doc.get("source")
+      if not isinstance(source, str) or not source:
+        yield common.reject(STAGE, "no_source", doc)
+      else:
+        docs.append(doc)
+    for doc, tokens in zip(docs, self._sp.encode([d["text"] for d in docs])):
+      if not tokens:
+        yield common.reject(STAGE, "empty_after_tokenize", doc)
+        continue
+      doc_id = str(doc["id"])
+      split = assign_split(doc_id, self._validation_fraction)
+      shard = assign_shard(doc_id, self._num_shards[split])
+      self._tokens.inc(len(tokens))
+      common.keep(STAGE, doc)
+      # The Example is serialized here so that only bytes travel through the shuffle.
+      yield (task_name(doc["source"]), split, shard), (doc_id, doc["source"], len(tokens), to_example(doc_id, tokens))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def to_example(doc_id: str, tokens: Sequence[int]) -> bytes:
+  return tf.train.Example(
+      features=tf.train.Features(
+          feature={
+              "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc_id.encode("utf-8")])),
+              "targets": tf.train.Feature(int64_list=tf.train.Int64List(value=tokens)),
+          }
+      )
+  ).SerializeToString()
+
+
+def write_tfrecord(path: str, records: Iterable[bytes]) -> None:
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+
+
+class WriteShard(beam.DoFn):
+  """Writes one (task, split, shard) TFRecord file sorted by id; emits its counts per task."""
+
+  def __init__(self, cache_dir: str, num_shards: dict[str, int]):
+    self._cache_dir = cache_dir
+    self._num_shards = num_shards
+
+  def process(self, element):
+    (task, split, shard), docs = element
+    docs = sorted(docs)
+    path = cache_file(FileSystems.join(self._cache_dir, task), split, shard, self._num_shards[split])
+    tf.io.gfile.makedirs(FileSystems.join(self._cache_dir, task))
+    write_tfrecord(path, (example for _, _, _, example in docs))
+    lengths = [num_tokens for _, _, num_tokens, _ in docs]
+    yield task, {
+        "sources": sorted({source for _, source, _, _ in docs}),
+        "split": split,
+        "shard": shard,
+        "documents": len(docs),
+        "tokens": sum(lengths),
+        "max_tokens": max(lengths),
+    }
+
+
+class FinishTask(beam.DoFn):
+  """Completes a task's cache directory once all its non-empty shards are written.
+
+  Writes the missing (empty) shards, ``info.<split>.json``, ``stats.<split>.json`` and
+  ``COMPLETED``; emits the task's ``sources.json`` entry.
+  """
+
+  def __init__(self, cache_dir: str, num_shards: dict[str, int], tiers: dict[str, str], default_tier: str):
+    self._cache_dir = cache_dir
+    self._num_shards = num_shards
+    self._tiers = tiers
+    self._default_tier = default_tier
+
+  def process(self, element):
+    task, shards = element
+    shards = list(shards)
+    sources = sorted({s for shard in shards for s in shard["sources"]})
+    if len(sources) != 1:
+      raise common.StageError(
+          f"Sources {sources} all map to the task name {task}; rename them so they differ in "
+          "letters, digits or underscores."
+      )
+    source = sources[0]
+    task_dir = FileSystems.join(self._cache_dir, task)
+    splits = {}
+    for split in SPLITS:
+      num_shards = self._num_shards[split]
+      mine = [s for s in shards if s["split"] == split]
+      written = {s["shard"] for s in mine}
+      for shard in range(num_shards):
+        if shard not in written:
+          write_tfrecord(cache_file(task_dir, split, shard, num_shards), [])
+      shard_tokens = [0] * num_shards
+      for s in mine:
+        shard_tokens[s["shard"]] = s["tokens"]
+      stats = {
+          "examples": sum(s["documents"] for s in mine),
+          "targets_tokens": sum(shard_tokens),
+          "targets_max_tokens": max((s["max_tokens"] for s in mine), default=0),
+      }
+      info = {"features": FEATURES_INFO, "num_shards": num_shards, "seqio_version": SEQIO_CACHE_VERSION}
+      _write_json(FileSystems.join(task_dir, f"info.{split}.json"), info)
+      _write_json(FileSystems.join(task_dir, f"stats.{split}.json"), stats)
+      splits[split] = {
+          "documents": stats["examples"],
+          "tokens": stats["targets_tokens"],
+          "max_tokens": stats["targets_max_tokens"],
+          "num_shards": num_shards,
+          "max_shard_tokens": max(shard_tokens),
+          "min_shard_tokens": min(shard_tokens),
+      }
+    with FileSystems.create(FileSystems.join(task_dir, COMPLETED_FILE)) as f:
+      f.write(b"")
+    yield {
+        "source": source,
+        "task": task,
+        "tier": self._tiers.get(source, self._default_tier),
+        "splits": splits,
+    }
+
+
+def _write_json(path: str, record: Any) -> None:
+  """Writes JSON the way seqio's WriteJson does (sorted keys, indent 2) plus a newline."""
+  with FileSystems.create(path) as f:
+    f.write((json.dumps(record, sort_keys=True, indent=2) + "\n").encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def tokenize(
+    input_path: str,
+    tokenizer: str,
+    output_dir: str,
+    validation_fraction: float = 0.05,
+    num_shards: int = 4,
+    num_validation_shards: int = 1,
+    tiers: dict[str, str] | None = None,
+    default_tier: str = DEFAULT_TIER,
+    batch_size: int = 256,
+    options: PipelineOptions | None = None,
+) -> dict[str, Any]:
+  """Runs the job and returns its stats.json record."""
+  if not 0.0 <= validation_fraction < 1.0:
+    raise common.StageError(f"--validation_fraction must be in [0, 1), got {validation_fraction}.")
+  if num_shards < 1 or num_validation_shards < 1:
+    raise common.StageError("--num_shards and --num_validation_shards must be at least 1.")
+  tiers = DEFAULT_TIERS if tiers is None else tiers
+  model_proto = train_tokenizer.read_tokenizer(tokenizer)
+  shards = {"train": num_shards, "validation": num_validation_shards}
+  logging.info("%s: %s -> %s", STAGE, input_path, output_dir)
+
+  with common.atomic_output_dir(output_dir) as tmp_dir:
+    cache_dir = FileSystems.join(tmp_dir, CACHE_DIR)
+    FileSystems.mkdirs(cache_dir)
+    with FileSystems.create(FileSystems.join(tmp_dir, TOKENIZER_FILE)) as f:
+      f.write(model_proto)
+    with beam.Pipeline(options=options or PipelineOptions()) as p:
+      parsed = p | "Read" >> common.ReadDocs(input_path, STAGE)
+      inputs = (parsed.docs, parsed[common.REJECTS_TAG]) | "AllInputs" >> beam.Flatten()
+      encoded = (
+          parsed.docs
+          | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+          | "Encode" >> beam.ParDo(EncodeDocs(model_proto, validation_fraction, shards)).with_outputs(
+              common.REJECTS_TAG, main="kept"
+          )
+      )
+      rejects = (parsed[common.REJECTS_TAG], encoded[common.REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
+      _ = rejects | "WriteRejects" >> common.WriteSortedShards(
+          FileSystems.join(tmp_dir, common.REJECTS_DIR), common.REJECTS_TAG, 1
+      )
+      entries = (
+          encoded.kept
+          | "GroupByShard" >> beam.GroupByKey()
+          | "WriteShard" >> beam.ParDo(WriteShard(cache_dir, shards))
+          | "GroupByTask" >> beam.GroupByKey()
+          | "FinishTask" >> beam.ParDo(FinishTask(cache_dir, shards, tiers, default_tier))
+      )
+      sources = (
+          entries
+          | "AllEntries" >> beam.combiners.ToList()
+          | "WriteSources" >> beam.Map(
+              _write_sources, tmp_dir, model_proto, validation_fraction, shards
+          )
+      )
+      token_counts = entries | "Tokens" >> beam.FlatMap(
+          lambda e: [(f"{split}_{key}", e["splits"][split][key])
+                     for split in SPLITS for key in ("documents", "tokens")]
+      ) | "SumTokens" >> beam.CombinePerKey(sum)
+      counts = [
+          inputs | "CountIn" >> beam.combiners.Count.Globally() | "TagIn" >> beam.Map(lambda n: ("in", n)),
+          encoded.kept | "CountKept" >> beam.combiners.Count.Globally() | "TagKept" >> beam.Map(lambda n: ("kept", n)),
+          rejects
+          | "Reason" >> beam.Map(lambda r: ("dropped." + r["reason"], 1))
+          | "CountReasons" >> beam.CombinePerKey(sum),
+          token_counts,
+          sources | "NumSources" >> beam.Map(lambda s: ("sources", len(s))),
+      ]
+      _ = (
+          counts
+          | "FlattenCounts" >> beam.Flatten()
+          | "AllCounts" >> beam.combiners.ToList()
+          | "WriteStats" >> beam.Map(_write_stats, tmp_dir)
+      )
+  stats = common.read_stats(output_dir)
+  logging.info("%s: %s", STAGE, json.dumps(stats, sort_keys=True))
+  return stats
+
+
+def _write_sources(entries, directory, model_proto, validation_fraction, shards):
+  sp = train_tokenizer.check_tokenizer(model_proto, TOKENIZER_FILE)
+  record = {
+      "tokenizer": TOKENIZER_FILE,
+      "tokenizer_sha256": hashlib.sha256(model_proto).hexdigest(),
+      "vocab_size": sp.vocab_size(),
+      "special_ids": {"pad": sp.pad_id(), "eos": sp.eos_id(), "bos": sp.bos_id(), "unk": sp.unk_id()},
+      "special_ids_match_gemma": True,  # check_tokenizer raised otherwise.
+      "validation_fraction": validation_fraction,
+      "num_shards": shards,
+      "cache_dir": CACHE_DIR,
+      "sources": {e["source"]: {k: v for k, v in e.items() if k != "source"} for e in entries},
+  }
+  _write_json(FileSystems.join(directory, SOURCES_FILE), record)
+  return record["sources"]
+
+
+def _write_stats(items, directory):
+  stats = common.make_stats(STAGE, items)
+  stats.setdefault("sources", 0)
+  for split in SPLITS:
+    for key in ("documents", "tokens"):
+      stats.setdefault(f"{split}_{key}", 0)
+  if stats["kept"] != stats["train_documents"] + stats["validation_documents"]:
+    raise common.StageError(
+        f"{STAGE}: {stats['kept']} documents kept but "
+        f"{stats['train_documents'] + stats['validation_documents']} written to the cache."
+    )
+  _write_json(FileSystems.join(directory, common.STATS_FILE), stats)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, PipelineOptions]:
+  def add_args(parser):
+    parser.add_argument("--tokenizer", required=True, help="tokenizer.model to encode with.")
+    parser.add_argument("--validation_fraction", type=float, default=0.05)
+    parser.add_argument("--num_validation_shards", type=int, default=1)
+    parser.add_argument(
+        "--tiers", default=",".join(f"{k}={v}" for k, v in DEFAULT_TIERS.items()),
+        help="Quality tier per source, e.g. 'docs=high,forum=low'.",
+    )
+    parser.add_argument("--default_tier", default=DEFAULT_TIER, help="Tier of unlisted sources.")
+    parser.add_argument("--batch_size", type=int, default=256, help="Documents per sp.encode call.")
+
+  return common.parse_stage_args(__doc__.split("\n")[0], argv, add_args)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  args, options = parse_args(argv)
+  return tokenize(
+      args.input,
+      args.tokenizer,
+      args.output_dir,
+      validation_fraction=args.validation_fraction,
+      num_shards=args.num_shards,
+      num_validation_shards=args.num_validation_shards,
+      tiers=parse_tiers(args.tiers),
+      default_tier=args.default_tier,
+      batch_size=args.batch_size,
+      options=options,
+  )
+
+
+if __name__ == "__main__":
+  logging.basicConfig(level=logging.INFO)
+  main(sys.argv[1:])

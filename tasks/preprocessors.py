@@ -1,0 +1,91 @@
+"""Small, pure seqio preprocessors applied after the cache: chunk long documents, prepend BOS.
+
+The cache holds each document's tokens without BOS/EOS. A Task turns a document into examples
+``[BOS] chunk [EOS]``: ``split_into_chunks`` cuts the tokens into pieces that fit the training
+sequence length (so long documents are split, never truncated), ``prepend_bos`` adds BOS, and
+seqio's ``append_eos`` adds EOS (``Feature(add_eos=True)``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import seqio
+import tensorflow as tf
+
+# Room left in each chunk for the BOS and EOS tokens added after splitting.
+SPECIAL_TOKENS_PER_CHUNK = 2
+
+
+def chunk_length(
+    sequence_length: Optional[Mapping[str, int]],
+    max_chunk_tokens: Optional[int],
+    feature: str = "targets",
+) -> Optional[int]:
+  """Content tokens per chunk: ``max_chunk_tokens``, capped so BOS + chunk + EOS fits the length.
+
+  Returns None (no splitting) when neither is set.
+  """
+  limits = []
+  if max_chunk_tokens is not None:
+    limits.append(max_chunk_tokens)
+  if sequence_length is not None and sequence_length.get(feature) is not None:
+    limits.append(sequence_length[feature] - SPECIAL_TOKENS_PER_CHUNK)
+  if not limits:
+    return None
+  length = min(limits)
+  if length < 1:
+    raise ValueError(
+        f"Chunks must hold at least one token besides BOS and EOS; got a chunk length of {length} "
+        f"(sequence_length={dict(sequence_length or {})}, max_chunk_tokens={max_chunk_tokens})."
+    )
+  return length
+
+
+def split_into_chunks(
+    dataset: tf.data.Dataset,
+    sequence_length: Optional[Mapping[str, int]] = None,
+    max_chunk_tokens: Optional[int] = None,
+    feature: str = "targets",
+) -> tf.data.Dataset:
+  """Splits ``feature`` into consecutive chunks of ``chunk_length(...)`` tokens, one example each.
+
+  Other features (e.g. the document ``id``) are copied to every chunk, so a chunk can be traced
+  back to its document. Concatenating the chunks of a document gives its tokens back.
+  """
+  length = chunk_length(sequence_length, max_chunk_tokens, feature)
+  if length is None:
+    return dataset
+
+  def _split(ex):
+    tokens = ex[feature]
+    num_tokens = tf.size(tokens, out_type=tf.int64)
+    num_chunks = (num_tokens + length - 1) // length
+
+    def _chunk(i):
+      chunk = dict(ex)
+      chunk[feature] = tokens[i * length:(i + 1) * length]
+      return chunk
+
+    return tf.data.Dataset.range(num_chunks).map(_chunk)
+
+  return dataset.flat_map(_split)
+
+
+def prepend_bos(
+    dataset: tf.data.Dataset,
+    output_features: Mapping[str, seqio.Feature],
+    feature: str = "targets",
+) -> tf.data.Dataset:
+  """Puts the vocabulary's BOS id (2 for Gemma) in front of ``feature``."""
+  bos_id = output_features[feature].vocabulary.bos_id
+  if bos_id is None or bos_id < 0:
+    raise ValueError(f"The vocabulary of '{feature}' has no BOS id.")
+
+  def _prepend(ex):
+    ex = dict(ex)
+    tokens = ex[feature]
+    ex[feature] = tf.concat([tf.constant([bos_id], dtype=tokens.dtype), tokens], axis=0)
+    return ex
+
+  return dataset.map(_prepend, num_parallel_calls=tf.data.AUTOTUNE)

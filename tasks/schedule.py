@@ -1,0 +1,188 @@
+"""A staged mixture: per-source token shares that change at step boundaries, exactly resumable.
+
+Gemma's pre-training raises the weight of high-quality sources towards the end of training. A
+``MixtureSchedule`` holds stages (``Stage(start_step, token_shares)``); within a step every one of
+``examples_per_step`` example *slots* picks its source with a counter-based hash of
+``(seed, step, host, slot)``, using the stage's shares turned into example probabilities (share /
+mean tokens per example, as in ``tasks.mixtures``).
+
+Each source is read as its own deterministic, repeated stream. Because the source of every slot
+is a pure function of its coordinates, the number of examples a host has taken from each source
+before step ``k`` is too (``positions``); resuming at step ``k`` means skipping that many examples
+in each stream, with no need to replay the mixed stream or store sampler state.
+
+A step here is a block of ``examples_per_step`` examples before packing. Without packing it is the
+trainer's batch; with packing, pick ``examples_per_step`` close to the examples one packed batch
+holds and checkpoint the schedule step next to the training step.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+from typing import Callable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from tasks import mixtures
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+  """SplitMix64's finaliser: a bijective 64-bit mixer, vectorised over uint64 arrays."""
+  with np.errstate(over="ignore"):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def slot_uniforms(seed: int, steps: np.ndarray, host: int, num_slots: int) -> np.ndarray:
+  """Uniforms in [0, 1) for every (step, slot), shape [len(steps), num_slots], from a hash only."""
+  steps = np.asarray(steps, dtype=np.uint64)
+  with np.errstate(over="ignore"):
+    key = _mix64(np.uint64(seed % 2**64) ^ np.uint64(0x9E3779B97F4A7C15))
+    key = _mix64(key ^ np.uint64(host % 2**64))
+    x = _mix64(key ^ (steps * np.uint64(0xD1B54A32D192ED03)))[:, None]
+    x = _mix64(x ^ np.arange(num_slots, dtype=np.uint64)[None, :])
+  return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """From ``start_step`` on, sources contribute tokens in proportion to ``token_shares``."""
+  start_step: int
+  token_shares: Mapping[str, float]
+
+
+class MixtureSchedule:
+  """Stages of token shares and the deterministic choice of a source for every example slot."""
+
+  def __init__(
+      self,
+      stages: Sequence[Stage],
+      examples_per_step: int,
+      mean_example_tokens: Mapping[str, float],
+  ):
+    if not stages:
+      raise ValueError("A schedule needs at least one stage.")
+    if stages[0].start_step != 0:
+      raise ValueError(f"The first stage must start at step 0, not {stages[0].start_step}.")
+    starts = [s.start_step for s in stages]
+    if any(b <= a for a, b in zip(starts, starts[1:])):
+      raise ValueError(f"Stage start steps must increase strictly, got {starts}.")
+    if examples_per_step < 1:
+      raise ValueError(f"examples_per_step must be at least 1, got {examples_per_step}.")
+    self.tasks = sorted({t for s in stages for t in s.token_shares})
+    missing = [t for t in self.tasks if not mean_example_tokens.get(t, 0) > 0]
+    if missing:
+      raise ValueError(f"No positive mean example length for tasks {missing}.")
+    self.stages = list(stages)
+    self.examples_per_step = examples_per_step
+    self._starts = starts
+    self._cumulative = []
+    for stage in stages:
+      bad = {t: w for t, w in stage.token_shares.items() if not w >= 0}
+      if bad:
+        raise ValueError(f"Stage at step {stage.start_step} has negative or invalid shares {bad}.")
+      rates = np.array([stage.token_shares.get(t, 0.0) / mean_example_tokens[t] for t in self.tasks])
+      if rates.sum() <= 0:
+        raise ValueError(f"Stage at step {stage.start_step} gives every task a zero share.")
+      cumulative = np.cumsum(rates / rates.sum())
+      cumulative[-1] = 1.0
+      self._cumulative.append(cumulative)
+
+  def stage_index(self, step: int) -> int:
+    return bisect.bisect_right(self._starts, step) - 1
+
+  def choose(self, seed: int, steps: np.ndarray, host: int) -> np.ndarray:
+    """Task index of every slot of the given steps, shape [len(steps), examples_per_step]."""
+    steps = np.asarray(steps, dtype=np.int64)
+    u = slot_uniforms(seed, steps, host, self.examples_per_step)
+    out = np.empty(u.shape, dtype=np.int64)
+    stage_of = np.searchsorted(self._starts, steps, side="right") - 1
+    for i in np.unique(stage_of):
+      rows = stage_of == i
+      out[rows] = np.searchsorted(self._cumulative[i], u[rows], side="right")
+    return out
+
+  def positions(self, seed: int, step: int, host: int, block: int = 4096) -> dict[str, int]:
+    """Examples taken from each task by ``host`` in steps ``[0, step)``: where to resume."""
+    counts = np.zeros(len(self.tasks), dtype=np.int64)
+    for begin in range(0, step, block):
+      chosen = self.choose(seed, np.arange(begin, min(step, begin + block)), host)
+      counts += np.bincount(chosen.ravel(), minlength=len(self.tasks))
+    return dict(zip(self.tasks, counts.tolist()))
+
+  def examples(
+      self,
+      streams: Mapping[str, Callable[[int], Iterator]],
+      seed: int,
+      host: int = 0,
+      start_step: int = 0,
+      num_steps: Optional[int] = None,
+  ) -> Iterator[tuple[int, str, object]]:
+    """Yields ``(step, task, example)`` from ``start_step`` on, slot by slot.
+
+    ``streams[task](skip)`` must return an iterator over the task's deterministic, repeated
+    example stream for this host, starting after its first ``skip`` examples.
+    """
+    skips = self.positions(seed, start_step, host)
+    iterators = {t: streams[t](skips[t]) for t in self.tasks}
+    steps = itertools.count(start_step) if num_steps is None else range(start_step, start_step + num_steps)
+    for step in steps:
+      for index in self.choose(seed, np.array([step]), host)[0]:
+        task = self.tasks[index]
+        yield step, task, next(iterators[task])
+
+
+def seqio_streams(
+    task_names: Sequence[str],
+    sequence_length: Mapping[str, int],
+    split: str = "train",
+    seed: int = 0,
+    shard_info: Optional[seqio.ShardInfo] = None,
+) -> dict[str, Callable[[int], Iterator]]:
+  """Stream factories over cached seqio tasks: repeated, shuffled with a fixed seed, sharded."""
+
+  def factory(name):
+    def stream(skip: int):
+      ds = seqio.get_mixture_or_task(name).get_dataset(
+          sequence_length=sequence_length, split=split, use_cached=True, shuffle=True, seed=seed,
+          shard_info=shard_info, num_epochs=None)
+      return ds.skip(skip).as_numpy_iterator()
+    return stream
+
+  return {name: factory(name) for name in task_names}
+
+
+def schedule_from_tasks(
+    stages: Sequence[Stage], examples_per_step: int, split: str = "train"
+) -> MixtureSchedule:
+  """A schedule whose mean example lengths come from the tasks' cached stats."""
+  tasks = sorted({t for s in stages for t in s.token_shares})
+  lengths = {}
+  for task in tasks:
+    tokens, examples = mixtures.task_token_stats(task, split)
+    lengths[task] = tokens / examples if examples else 0.0
+  return MixtureSchedule(stages, examples_per_step, lengths)
+
+
+def scheduled_dataset(
+    schedule: MixtureSchedule,
+    sequence_length: Mapping[str, int],
+    seed: int,
+    start_step: int = 0,
+    split: str = "train",
+    shard_info: Optional[seqio.ShardInfo] = None,
+) -> tf.data.Dataset:
+  """The scheduled examples (``targets`` only) from ``start_step``, ready for a feature converter."""
+  host = shard_info.index if shard_info else 0
+  streams = seqio_streams(schedule.tasks, sequence_length, split, seed, shard_info)
+
+  def generate():
+    for _, _, ex in schedule.examples(streams, seed, host, start_step):
+      yield {"targets": ex["targets"]}
+
+  return tf.data.Dataset.from_generator(
+      generate, output_signature={"targets": tf.TensorSpec([None], tf.int32)})

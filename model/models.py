@@ -1,0 +1,219 @@
+"""t5x-style model interface around the Gemma decoder: loss, scoring and prediction.
+
+The trainer and evaluator only talk to `DecoderOnlyModel`. Batches are the
+output of seqio's `DecoderFeatureConverter` (all int32 [B, L]):
+
+  decoder_target_tokens   tokens to predict (0 = padding)
+  decoder_input_tokens    targets shifted right by one (first input is 0)
+  decoder_loss_weights    1.0 where the target counts in the loss
+  decoder_segment_ids     packed-example id per token, 0 = padding   (packed batches only)
+  decoder_positions       position within its segment                (packed batches only)
+
+Gemma 1 has no dropout, so `dropout_rng` is accepted for interface
+compatibility with t5x trainers and not used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from model import decoding
+from model.config import GemmaConfig
+from model.transformer import Transformer
+
+Batch = Mapping[str, Any]
+
+_SAMPLING_METHODS = ("greedy", "temperature", "top_k", "top_p")
+
+
+def cross_entropy_with_logits(logits: jax.Array, soft_targets: jax.Array, z_loss: float):
+  """Per-token cross-entropy plus z_loss * log(Z)^2 (t5x semantics).
+
+  Returns (loss including the z-loss term, the z-loss term), both [..].
+  """
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  log_softmax = logits - log_z[..., None]
+  loss = -jnp.sum(soft_targets * log_softmax, axis=-1)
+  total_z_loss = z_loss * jnp.square(log_z)
+  return loss + total_z_loss, total_z_loss
+
+
+def compute_weighted_cross_entropy(logits, targets, weights=None, label_smoothing=0.0, z_loss=0.0,
+                                   loss_normalizing_factor=None):
+  """Summed (loss, z_loss, weight_sum) over tokens, as t5x's function of the same name.
+
+  Label smoothing puts 1 - label_smoothing on the target and spreads the rest
+  evenly over the other vocab entries; the entropy of that distribution is
+  subtracted so a perfect prediction has loss 0.
+  """
+  vocab_size = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low_confidence = (1.0 - confidence) / (vocab_size - 1)
+  normalizing_constant = -(confidence * jnp.log(confidence)
+                           + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
+  soft_targets = jax.nn.one_hot(targets, vocab_size) * (confidence - low_confidence) + low_confidence
+  total_loss, total_z_loss = cross_entropy_with_logits(logits, soft_targets, z_loss)
+  total_loss = total_loss - normalizing_constant
+  weight_sum = jnp.asarray(targets.size, jnp.float32)
+  if weights is not None:
+    total_loss = total_loss * weights
+    total_z_loss = total_z_loss * weights
+    weight_sum = jnp.sum(weights)
+  if loss_normalizing_factor is not None:
+    total_loss = total_loss / loss_normalizing_factor
+    total_z_loss = total_z_loss / loss_normalizing_factor
+  return jnp.sum(total_loss), jnp.sum(total_z_loss), weight_sum
+
+
+def segments_and_positions(batch: Batch):
+  """decoder_segment_ids and decoder_positions, derived when the batch is unpacked.
+
+  For an unpacked batch a token is real iff its target is non-zero (the input
+  of the first token is 0 by seqio's shift, so inputs cannot tell), and
+  positions count real tokens from 0.
+  """
+  targets = jnp.asarray(batch["decoder_target_tokens"])
+  segment_ids = batch.get("decoder_segment_ids")
+  positions = batch.get("decoder_positions")
+  if segment_ids is None:
+    segment_ids = (targets != 0).astype(jnp.int32)
+  if positions is None:
+    real = (jnp.asarray(segment_ids) != 0).astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0)
+  return jnp.asarray(segment_ids, jnp.int32), jnp.asarray(positions, jnp.int32)
+
+
+class DecoderOnlyModel:
+  """Gemma decoder + loss / scoring / decoding, in the shape of t5x's DecoderOnlyModel."""
+
+  def __init__(self, config: GemmaConfig, z_loss: float = 0.0, label_smoothing: float = 0.0,
+               loss_normalizing_factor: float | None = None):
+    if not 0.0 <= label_smoothing < 1.0:
+      raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if z_loss < 0.0:
+      raise ValueError(f"z_loss must be >= 0, got {z_loss}")
+    if loss_normalizing_factor is not None and loss_normalizing_factor <= 0:
+      raise ValueError(f"loss_normalizing_factor must be positive or None, got {loss_normalizing_factor}")
+    self.config = config
+    self.module = Transformer(config)
+    self.z_loss = float(z_loss)
+    self.label_smoothing = float(label_smoothing)
+    self.loss_normalizing_factor = loss_normalizing_factor
+
+  # ---------------------------------------------------------------- params
+
+  def _init_variables(self, rng, batch_size, seq_len):
+    tokens = jnp.ones((batch_size, seq_len), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch_size, seq_len))
+    return self.module.init(rng, tokens, positions)
+
+  def init_params(self, rng, batch_size: int = 1, seq_len: int = 8):
+    """Freshly initialised parameters (plain arrays in param_dtype, no partitioning boxes)."""
+    init = jax.jit(self._init_variables, static_argnums=(1, 2))  # One compile beats eager op-by-op init.
+    return nn.unbox(init(rng, batch_size, seq_len)["params"])
+
+  def abstract_params(self, batch_size: int = 1, seq_len: int = 8):
+    """Parameter shapes/dtypes as jax.ShapeDtypeStruct, without allocating anything."""
+    return jax.eval_shape(lambda: self.init_params(jax.random.PRNGKey(0), batch_size, seq_len))
+
+  def logical_axes(self):
+    """PartitionSpecs of logical axis names, one per parameter (same tree as params)."""
+    boxed = jax.eval_shape(lambda: self._init_variables(jax.random.PRNGKey(0), 1, 8))
+    return nn.get_partition_spec(boxed)["params"]
+
+  def check_params(self, params) -> None:
+    """Raises a clear ValueError if params do not match this model's config."""
+    expected = self.abstract_params()
+    got_paths = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    want_paths = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(expected)}
+    missing = sorted(set(want_paths) - set(got_paths))
+    extra = sorted(set(got_paths) - set(want_paths))
+    if missing or extra:
+      raise ValueError(f"params do not match the config: missing {missing[:5]}, unexpected {extra[:5]}")
+    for path, want in want_paths.items():
+      if tuple(got_paths[path].shape) != tuple(want.shape):
+        hint = ""
+        if "input_embedding" in path:
+          hint = (f" (vocab mismatch: params have {got_paths[path].shape[0]} rows, "
+                  f"config.vocab_size is {self.config.vocab_size})")
+        raise ValueError(f"param {path} has shape {tuple(got_paths[path].shape)}, expected {tuple(want.shape)}{hint}")
+
+  # ---------------------------------------------------------------- forward
+
+  def logits(self, params, batch: Batch) -> jax.Array:
+    """float32 [B, L, V] next-token logits for decoder_input_tokens."""
+    segment_ids, positions = segments_and_positions(batch)
+    logits, _ = self.module.apply({"params": params}, jnp.asarray(batch["decoder_input_tokens"]), positions,
+                                  segment_ids)
+    return logits
+
+  def loss_fn(self, params, batch: Batch, dropout_rng=None):
+    """(scalar loss, metrics) for a training batch; see the module docstring for the batch."""
+    del dropout_rng  # Gemma 1 has no dropout.
+    logits = self.logits(params, batch)
+    targets = jnp.asarray(batch["decoder_target_tokens"])
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else jnp.asarray(weights)
+    weights = weights.astype(jnp.float32)
+    loss, z_loss, weight_sum = compute_weighted_cross_entropy(
+        logits, targets, weights, self.label_smoothing, self.z_loss, self.loss_normalizing_factor)
+    if self.loss_normalizing_factor is None:
+      # Normalise by the number of weighted target tokens (guarding an all-padding batch).
+      denominator = jnp.maximum(weight_sum, 1e-8)
+      loss, z_loss = loss / denominator, z_loss / denominator
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    metrics = {
+        "loss": loss,
+        "cross_ent_loss": loss - z_loss,
+        "z_loss": z_loss,
+        "accuracy": jnp.sum(correct * weights) / jnp.maximum(weight_sum, 1e-8),
+        "num_tokens": jnp.sum(targets > 0).astype(jnp.float32),
+        "weight_sum": weight_sum,
+    }
+    return loss, metrics
+
+  def score_batch(self, params, batch: Batch) -> jax.Array:
+    """float32 [B]: sum over tokens of log p(target) * decoder_loss_weights."""
+    logits = self.logits(params, batch)
+    targets = jnp.asarray(batch["decoder_target_tokens"])
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else jnp.asarray(weights)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(token_scores * weights.astype(jnp.float32), axis=-1)
+
+  # ---------------------------------------------------------------- decoding
+
+  def predict_batch(self, params, batch: Batch, rng=None, *, max_decode_len: int = 64, method: str = "greedy",
+                    temperature: float = 1.0, top_k: int = 40, top_p: float = 0.95, num_beams: int = 4,
+                    brevity_alpha: float = 0.6, stop_tokens=decoding.DEFAULT_STOP_TOKENS,
+                    return_scores: bool = False):
+    """int32 [B, max_decode_len] continuations of the prompts in batch['decoder_input_tokens'].
+
+    Prompts are rows of token ids padded with 0 on either side; BOS is
+    prepended to rows that do not start with it. Generation stops at any of
+    `stop_tokens` (kept in the output); later slots are 0. `method` is one of
+    greedy, temperature, top_k, top_p, beam. With return_scores=True, also
+    returns float32 [B] log-probabilities of the continuations (beam:
+    brevity-normalised scores).
+    """
+    prompts = decoding.left_pad_with_bos(jnp.asarray(batch["decoder_input_tokens"]))
+    if method == "beam":
+      tokens, scores = decoding.beam_search(self.config, params, prompts, max_decode_len=max_decode_len,
+                                            num_beams=num_beams, brevity_alpha=brevity_alpha,
+                                            stop_tokens=tuple(stop_tokens))
+    elif method in _SAMPLING_METHODS:
+      if rng is None:
+        if method != "greedy":
+          raise ValueError(f"method={method!r} samples and needs an rng")
+        rng = jax.random.PRNGKey(0)
+      sampler = decoding.Sampler(method=method, temperature=temperature, top_k=top_k, top_p=top_p)
+      tokens, scores = decoding.generate(self.config, params, prompts, rng, max_decode_len=max_decode_len,
+                                         sampler=sampler, stop_tokens=tuple(stop_tokens))
+    else:
+      raise ValueError(f"unknown decoding method {method!r}; use one of {_SAMPLING_METHODS + ('beam',)}")
+    return (tokens, scores) if return_scores else tokens

@@ -1,0 +1,193 @@
+"""Building blocks of the Gemma 1 decoder: embedder, RMSNorm, RoPE, attention, GeGLU MLP, block.
+
+Conventions (named dims in einsums):
+  B batch, T query length, S key length, D embed_dim, N query heads,
+  K key/value heads, G query heads per kv head (N = K * G), H head_dim,
+  F hidden_dim (FFN width per GeGLU branch), V vocab.
+
+Every parameter is stored in `config.param_dtype` and cast to `config.dtype`
+where it is used; every parameter carries logical axis names (t5x style:
+'vocab', 'embed', 'heads', 'kv_heads', 'kv', 'mlp') so a mesh + rules can shard
+it. 'kv_heads' is not in t5x's standard rules, so it is replicated unless the
+rules name it (the 2B model has a single key/value head, which cannot be split).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from model.config import GemmaConfig
+
+ROPE_BASE_FREQUENCY = 10_000
+RMS_NORM_EPS = 1e-6
+# Added to masked attention logits (in float32) before the softmax.
+_MASK_VALUE = -2.3819763e38
+
+
+def _dense_init(in_axis, out_axis, batch_axis=()):
+  """Fan-in scaled truncated normal, like t5x's default kernel init."""
+  return nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis, batch_axis=batch_axis)
+
+
+class Embedder(nn.Module):
+  """Token embedding table, shared by the input lookup and the output logits (tied)."""
+
+  config: GemmaConfig
+
+  def setup(self):
+    cfg = self.config
+    self.input_embedding = self.param(
+        "input_embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=cfg.embed_dim**-0.5), ("vocab", "embed")),
+        (cfg.vocab_size, cfg.embed_dim),
+        cfg.weight_dtype,
+    )
+
+  def encode(self, tokens: jax.Array) -> jax.Array:
+    """[B, T] int -> [B, T, D] in the compute dtype, scaled by sqrt(D).
+
+    The sqrt(D) constant is rounded to the compute dtype first (in bf16,
+    sqrt(2048) = 45.25... becomes 45.25), matching HF transformers and the
+    reference implementation.
+    """
+    dtype = self.config.compute_dtype
+    x = jnp.take(self.input_embedding, tokens, axis=0).astype(dtype)
+    normalizer = jnp.asarray(self.config.embed_dim**0.5, dtype=dtype)
+    return x * normalizer
+
+  def decode(self, x: jax.Array) -> jax.Array:
+    """[B, T, D] -> float32 logits [B, T, V] through the transposed embedding."""
+    table = self.input_embedding.astype(self.config.compute_dtype)
+    return jnp.einsum("BTD,VD->BTV", x, table, preferred_element_type=jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  """x * rsqrt(mean(x^2) + eps) * (1 + scale), in float32, cast back to x's dtype once."""
+
+  config: GemmaConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param(
+        "scale",
+        nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        (x.shape[-1],),
+        self.config.weight_dtype,
+    )
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    normed = x32 * jax.lax.rsqrt(variance + RMS_NORM_EPS)
+    return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, base: int = ROPE_BASE_FREQUENCY) -> jax.Array:
+  """Rotary position embedding with the half-split layout of Gemma / HF.
+
+  Element i of a head is rotated together with element i + H/2. Angles are
+  computed in float32 (so positions 8190 and 8191 stay distinct even with
+  bf16 activations), the rotation is applied in float32, and the result is
+  cast back to x's dtype once.
+
+  Args:
+    x: [B, T, N, H] queries or keys.
+    positions: [B, T] int positions.
+  """
+  head_dim = x.shape[-1]
+  fraction = 2.0 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim
+  timescale = jnp.float32(base) ** fraction  # [H/2]
+  angles = positions.astype(jnp.float32)[:, :, None, None] / timescale  # [B, T, 1, H/2]
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head / grouped-query / multi-query attention with RoPE and an optional KV cache."""
+
+  config: GemmaConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, layer_cache=None, cache_index=None):
+    """Attends from x to itself (or to the cache, which x is first written into).
+
+    Args:
+      x: [B, T, D] normed activations.
+      positions: [B, T] int positions (RoPE).
+      mask: [B, T, S] bool, True where query t may attend key s.
+      layer_cache: None, or {'k', 'v'}: [B, S, K, H] cached keys/values (after RoPE).
+      cache_index: int32 scalar, the cache slot of x's first token.
+
+    Returns:
+      ([B, T, D] output, updated layer cache or None).
+    """
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    q_w = self.param("q_einsum", nn.with_logical_partitioning(_dense_init(1, (0, 2)), ("heads", "embed", "kv")),
+                     (cfg.num_heads, cfg.embed_dim, cfg.head_dim), cfg.weight_dtype)
+    kv_w = self.param("kv_einsum",
+                      nn.with_logical_partitioning(_dense_init(2, (1, 3), (0,)), (None, "kv_heads", "embed", "kv")),
+                      (2, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim), cfg.weight_dtype)
+    out_w = self.param("attn_vec_einsum",
+                       nn.with_logical_partitioning(_dense_init((0, 1), 2), ("heads", "kv", "embed")),
+                       (cfg.num_heads, cfg.head_dim, cfg.embed_dim), cfg.weight_dtype)
+
+    query = jnp.einsum("BTD,NDH->BTNH", x, q_w.astype(dtype))
+    key = jnp.einsum("BSD,KDH->BSKH", x, kv_w[0].astype(dtype))
+    value = jnp.einsum("BSD,KDH->BSKH", x, kv_w[1].astype(dtype))
+    query = apply_rope(query, positions) * jnp.asarray(cfg.head_dim**-0.5, dtype)
+    key = apply_rope(key, positions)
+
+    new_cache = None
+    if layer_cache is not None:
+      start = (0, cache_index, 0, 0)
+      key = jax.lax.dynamic_update_slice(layer_cache["k"], key.astype(layer_cache["k"].dtype), start)
+      value = jax.lax.dynamic_update_slice(layer_cache["v"], value.astype(layer_cache["v"].dtype), start)
+      new_cache = {"k": key, "v": value}
+
+    batch, length = query.shape[:2]
+    query = query.reshape(batch, length, cfg.num_kv_heads, cfg.num_query_groups, cfg.head_dim)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", query, key.astype(dtype), preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value.astype(dtype))
+    encoded = encoded.reshape(batch, length, cfg.num_heads, cfg.head_dim)
+    return jnp.einsum("BTNH,NHD->BTD", encoded, out_w.astype(dtype)), new_cache
+
+
+class FeedForward(nn.Module):
+  """GeGLU: gelu_tanh(x W_gate) * (x W_up), projected back with W_down. No biases."""
+
+  config: GemmaConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    gating = self.param("gating_einsum",
+                        nn.with_logical_partitioning(_dense_init(1, 2, (0,)), (None, "embed", "mlp")),
+                        (2, cfg.embed_dim, cfg.hidden_dim), cfg.weight_dtype)
+    down = self.param("linear", nn.with_logical_partitioning(_dense_init(0, 1), ("mlp", "embed")),
+                      (cfg.hidden_dim, cfg.embed_dim), cfg.weight_dtype)
+    gate = jnp.einsum("BTD,DF->BTF", x, gating[0].astype(dtype))
+    up = jnp.einsum("BTD,DF->BTF", x, gating[1].astype(dtype))
+    hidden = jax.nn.gelu(gate, approximate=True) * up
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    return jnp.einsum("BTF,FD->BTD", hidden, down.astype(dtype))
+
+
+class Block(nn.Module):
+  """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  config: GemmaConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, layer_cache=None, cache_index=None):
+    attn_out, new_cache = Attention(self.config, name="attn")(
+        RMSNorm(self.config, name="pre_attention_norm")(x), positions, mask, layer_cache, cache_index)
+    x = x + attn_out
+    x = x + FeedForward(self.config, name="mlp")(RMSNorm(self.config, name="pre_ffw_norm")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), new_cache

@@ -1,0 +1,124 @@
+"""The Gemma 1 decoder: embed -> N pre-norm blocks -> final RMSNorm -> tied-embedding logits.
+
+Attention mask: query i may attend key j iff j <= i (in sequence / cache-slot
+order), both tokens have the same segment id, and the segment id is not 0
+(padding). This covers packed batches (several documents per row, seqio's
+`decoder_segment_ids`), right padding, and left-padded prompts.
+
+KV cache (incremental decoding, `decode=True`), built by `init_cache`:
+
+    {'index': int32 scalar        next cache slot to write (same for every row),
+     'segment_ids': int32 [B, S]  segment id of each written slot, 0 = empty/padding,
+     'layers': {'layer_<i>': {'k': [B, S, K, H], 'v': [B, S, K, H]}}}
+
+Keys are stored after RoPE, in the compute dtype, with K = num_kv_heads (one
+head for the multi-query 2B model). A call with T tokens writes them into
+slots [index, index + T) and advances index by T: the prompt is "prefilled"
+with one call, then each generated token is one T=1 call. Rows with shorter
+prompts are left-padded (segment id 0 on the padding), and carry their own
+positions, so every row writes the same slot at every step.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from model.config import GemmaConfig
+from model.modules import Block, Embedder, RMSNorm
+
+
+def init_cache(config: GemmaConfig, batch_size: int, cache_len: int) -> dict:
+  """An empty KV cache for `batch_size` rows and `cache_len` slots."""
+  if cache_len > config.max_seq_len:
+    raise ValueError(f"cache_len {cache_len} exceeds the model's max_seq_len {config.max_seq_len}")
+  shape = (batch_size, cache_len, config.num_kv_heads, config.head_dim)
+  layer = lambda: {"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
+  return {
+      "index": jnp.zeros((), jnp.int32),
+      "segment_ids": jnp.zeros((batch_size, cache_len), jnp.int32),
+      "layers": {f"layer_{i}": layer() for i in range(config.num_layers)},
+  }
+
+
+def attention_mask(query_segment_ids, key_segment_ids, query_slots, key_slots) -> jax.Array:
+  """[B, T, S] bool: causal (by slot) AND same segment AND query not padding."""
+  causal = query_slots[:, None] >= key_slots[None, :]
+  same_segment = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+  real = (query_segment_ids != 0)[:, :, None]
+  return causal[None] & same_segment & real
+
+
+def _check_int_array(name, value, shape):
+  if not jnp.issubdtype(jnp.asarray(value).dtype, jnp.integer):
+    raise TypeError(f"{name} must be an integer array (int32), got dtype {jnp.asarray(value).dtype}")
+  if tuple(value.shape) != tuple(shape):
+    raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)} (same as tokens)")
+
+
+class Transformer(nn.Module):
+  """Gemma 1 decoder-only transformer."""
+
+  config: GemmaConfig
+
+  def setup(self):
+    self.embedder = Embedder(self.config)
+    self.layers = [Block(self.config, name=f"layer_{i}") for i in range(self.config.num_layers)]
+    self.final_norm = RMSNorm(self.config)
+
+  def __call__(self, tokens, positions, segment_ids=None, cache=None, decode=False):
+    """Returns (float32 logits [B, T, V], new cache or None).
+
+    Args:
+      tokens: int32 [B, T] token ids.
+      positions: int32 [B, T] RoPE positions (per row; restart at 0 for each packed segment).
+      segment_ids: int32 [B, T]; 0 marks padding. None means one segment, no padding.
+      cache: a cache from `init_cache`, required iff decode=True.
+      decode: write the tokens into the cache and attend to everything cached so far.
+    """
+    cfg = self.config
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
+    _check_int_array("tokens", tokens, tokens.shape)
+    _check_int_array("positions", positions, tokens.shape)
+    batch, length = tokens.shape
+    if length > cfg.max_seq_len:
+      raise ValueError(f"sequence length {length} exceeds the model's max_seq_len {cfg.max_seq_len}")
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size and (
+        int(tokens.max()) >= cfg.vocab_size or int(tokens.min()) < 0):
+      raise ValueError(f"token ids must be in [0, {cfg.vocab_size}) (config.vocab_size), "
+                       f"got min {int(tokens.min())} max {int(tokens.max())}")
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(tokens, dtype=jnp.int32)
+    _check_int_array("segment_ids", segment_ids, tokens.shape)
+    if decode != (cache is not None):
+      raise ValueError("decode=True needs a cache (see init_cache), and a cache is only used with decode=True")
+
+    if decode:
+      index = cache["index"]
+      cache_len = cache["segment_ids"].shape[1]
+      if cache["segment_ids"].shape[0] != batch:
+        raise ValueError(f"cache batch size {cache['segment_ids'].shape[0]} != tokens batch size {batch}")
+      if not isinstance(index, jax.core.Tracer) and int(index) + length > cache_len:
+        raise ValueError(f"cache overflow: writing {length} tokens at slot {int(index)} of a {cache_len}-slot cache")
+      key_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
+      query_slots = index + jnp.arange(length)
+      key_slots = jnp.arange(cache_len)
+    else:
+      index = None
+      key_segment_ids = segment_ids
+      query_slots = key_slots = jnp.arange(length)
+    mask = attention_mask(segment_ids, key_segment_ids, query_slots, key_slots)
+
+    x = self.embedder.encode(tokens)
+    new_layers = {}
+    for i, block in enumerate(self.layers):
+      layer_cache = cache["layers"][f"layer_{i}"] if decode else None
+      x, new_layers[f"layer_{i}"] = block(x, positions, mask, layer_cache, index)
+    logits = self.embedder.decode(self.final_norm(x))
+
+    if not decode:
+      return logits, None
+    new_cache = {"index": index + length, "segment_ids": key_segment_ids, "layers": new_layers}
+    return logits, new_cache

@@ -1,0 +1,206 @@
+"""Tests of the KV cache, samplers, beam search and prompt helpers (model/decoding.py)."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model import decoding
+from model.config import get_config
+from model.models import DecoderOnlyModel
+from model.transformer import Transformer, init_cache
+
+F32 = get_config("tiny", dtype="float32")
+MQA = get_config("tiny", num_kv_heads=1, dtype="float32")
+DECODE_LEN = 6
+
+
+@pytest.fixture(scope="module")
+def model():
+  return DecoderOnlyModel(F32)
+
+
+@pytest.fixture(scope="module")
+def params(model):
+  return model.init_params(jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  """Two left-padded prompts of different lengths, both starting with BOS."""
+  return jnp.asarray(decoding.pad_prompts([[17, 42, 99, 5], [8, 200]]))
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _full_logits(params, tokens, config=F32):
+  segment_ids = (tokens != 0).astype(jnp.int32)
+  positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
+  return Transformer(config).apply({"params": params}, tokens, positions, segment_ids)[0]
+
+
+def _greedy(params, prompts, stop_tokens=(), config=F32, max_decode_len=DECODE_LEN):
+  return decoding.generate(config, params, prompts, jax.random.PRNGKey(0), max_decode_len=max_decode_len,
+                           stop_tokens=stop_tokens)
+
+
+# ---------------------------------------------------------------- cache
+
+
+@pytest.mark.parametrize("config", [F32, MQA], ids=["gqa", "mqa"])
+def test_cached_incremental_logits_equal_full_pass(config):
+  params = DecoderOnlyModel(config).init_params(jax.random.PRNGKey(1))
+  tokens = jnp.asarray([[0, 0, 2, 11, 12, 13, 14, 15, 16], [2, 21, 22, 23, 24, 25, 26, 27, 28]], jnp.int32)
+  full = _full_logits(params, tokens, config)
+  segment_ids = (tokens != 0).astype(jnp.int32)
+  positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
+  apply = jax.jit(Transformer(config).apply, static_argnames="decode")
+  cache = init_cache(config, batch_size=2, cache_len=12)
+  if config.num_kv_heads == 1:
+    assert cache["layers"]["layer_0"]["k"].shape == (2, 12, 1, config.head_dim)
+  prefill = 5
+  logits, cache = apply({"params": params}, tokens[:, :prefill], positions[:, :prefill],
+                              segment_ids[:, :prefill], cache=cache, decode=True)
+  pieces = [logits]
+  for t in range(prefill, tokens.shape[1]):
+    logits, cache = apply({"params": params}, tokens[:, t:t + 1], positions[:, t:t + 1],
+                                segment_ids[:, t:t + 1], cache=cache, decode=True)
+    pieces.append(logits)
+  assert int(cache["index"]) == tokens.shape[1]
+  real = np.asarray(segment_ids, bool)
+  np.testing.assert_allclose(np.concatenate(pieces, axis=1)[real], np.asarray(full)[real], atol=1e-5)
+
+
+def test_cache_overflow_and_oversized_cache_are_errors(params):
+  cache = init_cache(F32, batch_size=1, cache_len=4)
+  with pytest.raises(ValueError, match="cache overflow"):
+    Transformer(F32).apply({"params": params}, jnp.ones((1, 5), jnp.int32), jnp.zeros((1, 5), jnp.int32),
+                           cache=cache, decode=True)
+  with pytest.raises(ValueError, match="exceeds the model's max_seq_len"):
+    init_cache(F32, batch_size=1, cache_len=F32.max_seq_len + 1)
+
+
+# ---------------------------------------------------------------- samplers
+
+
+def test_greedy_matches_argmax_of_full_rescoring(params, prompts):
+  out, scores = _greedy(params, prompts)
+  assert out.shape == (2, DECODE_LEN) and out.dtype == jnp.int32
+  sequence = jnp.concatenate([prompts, out], axis=1)
+  logits = _full_logits(params, sequence)
+  width = prompts.shape[1]
+  predicted = np.argmax(np.asarray(logits[:, width - 1:-1]), axis=-1)
+  np.testing.assert_array_equal(np.asarray(out), predicted)
+  log_probs = jax.nn.log_softmax(logits[:, width - 1:-1], axis=-1)
+  expected = np.take_along_axis(np.asarray(log_probs), np.asarray(out)[..., None], -1).sum(axis=(1, 2))
+  np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+def test_right_and_left_padded_prompts_give_the_same_output(model, params):
+  left = jnp.asarray([[0, 0, 17, 42], [8, 200, 9, 10]], jnp.int32)
+  right = jnp.asarray([[17, 42, 0, 0], [8, 200, 9, 10]], jnp.int32)
+  a = model.predict_batch(params, {"decoder_input_tokens": left}, max_decode_len=DECODE_LEN, stop_tokens=())
+  b = model.predict_batch(params, {"decoder_input_tokens": right}, max_decode_len=DECODE_LEN, stop_tokens=())
+  np.testing.assert_array_equal(a, b)
+  # predict_batch prepends BOS, so it matches generate on BOS-prefixed prompts.
+  np.testing.assert_array_equal(a, _greedy(params, jnp.asarray(decoding.pad_prompts([[17, 42], [8, 200, 9, 10]])))[0])
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy(params, prompts):
+  greedy, _ = _greedy(params, prompts)
+  for sampler in (decoding.Sampler("top_k", top_k=1), decoding.Sampler("top_p", top_p=1e-6)):
+    sampled, _ = decoding.generate(F32, params, prompts, jax.random.PRNGKey(7), max_decode_len=DECODE_LEN,
+                                   sampler=sampler, stop_tokens=())
+    np.testing.assert_array_equal(sampled, greedy)
+
+
+def test_sampling_is_deterministic_per_rng_and_stays_in_top_k(params, prompts):
+  sampler = decoding.Sampler("top_k", top_k=3, temperature=5.0)
+  run = lambda seed: decoding.generate(F32, params, prompts, jax.random.PRNGKey(seed),
+                                       max_decode_len=DECODE_LEN, sampler=sampler, stop_tokens=())[0]
+  first = run(1)
+  np.testing.assert_array_equal(first, run(1))
+  runs = [first] + [run(seed) for seed in range(2, 6)]
+  assert any(not np.array_equal(first, other) for other in runs[1:])  # High temperature: samples differ.
+  for out in runs:  # Every sampled token is among the 3 most likely after its prefix.
+    logits = np.asarray(_full_logits(params, jnp.concatenate([prompts, out], axis=1)))
+    top3 = np.argsort(logits[:, prompts.shape[1] - 1:-1], axis=-1)[..., -3:]
+    assert np.all(np.any(top3 == np.asarray(out)[..., None], axis=-1))
+
+
+def test_generation_stops_at_stop_tokens(params, prompts):
+  free, _ = _greedy(params, prompts)
+  stop = int(free[0, 2])
+  out, _ = _greedy(params, prompts, stop_tokens=(stop,))
+  for row, free_row in zip(np.asarray(out), np.asarray(free)):
+    end = list(free_row).index(stop) + 1 if stop in free_row else DECODE_LEN
+    np.testing.assert_array_equal(row[:end], free_row[:end])  # Stop token kept,
+    assert not np.any(row[end:])  # then padding.
+  assert decoding.DEFAULT_STOP_TOKENS == (decoding.EOS_ID, decoding.END_OF_TURN_ID) == (1, 107)
+
+
+def test_bad_sampler_settings_are_rejected(model, params):
+  with pytest.raises(ValueError, match="temperature must be > 0"):
+    decoding.Sampler("temperature", temperature=0.0)
+  with pytest.raises(ValueError, match="top_p"):
+    decoding.Sampler("top_p", top_p=1.5)
+  with pytest.raises(ValueError, match="unknown decoding method"):
+    model.predict_batch(params, {"decoder_input_tokens": jnp.ones((1, 2), jnp.int32)}, method="nucleus")
+  with pytest.raises(ValueError, match="needs an rng"):
+    model.predict_batch(params, {"decoder_input_tokens": jnp.ones((1, 2), jnp.int32)}, method="top_k")
+
+
+# ---------------------------------------------------------------- beam search
+
+
+def test_one_beam_equals_greedy(params, prompts):
+  greedy, greedy_scores = _greedy(params, prompts)
+  beam, beam_scores = decoding.beam_search(F32, params, prompts, max_decode_len=DECODE_LEN, num_beams=1,
+                                           brevity_alpha=0.0, stop_tokens=())
+  np.testing.assert_array_equal(beam, greedy)
+  np.testing.assert_allclose(beam_scores, greedy_scores, rtol=1e-5)
+
+
+def test_beam_search_with_a_beam_per_token_is_exhaustive():
+  """With vocab V, length 2 and V beams nothing is pruned: the result is the best of all V^2 sequences."""
+  config = get_config("tiny", num_layers=1, vocab_size=8, dtype="float32")
+  params = DecoderOnlyModel(config).init_params(jax.random.PRNGKey(3))
+  prompt = jnp.asarray([[2, 5]], jnp.int32)
+  best, score = decoding.beam_search(config, params, prompt, max_decode_len=2, num_beams=8, brevity_alpha=0.0,
+                                     stop_tokens=())
+  candidates = jnp.asarray([[2, 5, a, b] for a, b in itertools.product(range(8), repeat=2)], jnp.int32)
+  log_probs = jax.nn.log_softmax(_full_logits(params, candidates, config), axis=-1)
+  totals = np.take_along_axis(np.asarray(log_probs[:, 1:3]), np.asarray(candidates[:, 2:, None]), -1).sum((1, 2))
+  np.testing.assert_array_equal(best[0], candidates[np.argmax(totals), 2:])
+  np.testing.assert_allclose(score[0], totals.max(), rtol=1e-5)
+
+
+def test_beam_score_is_brevity_normalised_log_prob(params, prompts):
+  out, score = decoding.beam_search(F32, params, prompts, max_decode_len=DECODE_LEN, num_beams=3,
+                                    brevity_alpha=0.6, stop_tokens=())
+  logits = _full_logits(params, jnp.concatenate([prompts, out], axis=1))
+  log_probs = jax.nn.log_softmax(logits[:, prompts.shape[1] - 1:-1], axis=-1)
+  total = np.take_along_axis(np.asarray(log_probs), np.asarray(out)[..., None], -1).sum(axis=(1, 2))
+  np.testing.assert_allclose(score, total / ((5.0 + DECODE_LEN) / 6.0) ** 0.6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_chat_template_and_bos_helpers():
+  assert decoding.chat_template("Hi there") == "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
+  assert decoding.format_prompt([5, 6]) == [2, 5, 6]
+  assert decoding.format_prompt([2, 5]) == [2, 5]
+  np.testing.assert_array_equal(decoding.pad_prompts([[5], [2, 7, 8]]), [[0, 2, 5], [2, 7, 8]])
+  with pytest.raises(ValueError, match="padding id"):
+    decoding.pad_prompts([[5, 0, 6]])
+
+
+def test_left_pad_with_bos_handles_either_padding_side():
+  tokens = jnp.asarray([[5, 6, 0, 0], [0, 2, 7, 8], [0, 0, 0, 0]], jnp.int32)
+  np.testing.assert_array_equal(decoding.left_pad_with_bos(tokens),
+                                [[0, 0, 2, 5, 6], [0, 0, 2, 7, 8], [0, 0, 0, 0, 2]])
+  with pytest.raises(ValueError, match="integer"):
+    decoding.left_pad_with_bos(jnp.ones((1, 2), jnp.float32))

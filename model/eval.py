@@ -1,0 +1,129 @@
+r"""Validation loss and perplexity per task (t5x's eval.py, for language modelling).
+
+  python -m model.eval --gin_file=gin/small_cpu.gin --gin_file=gin/runs/eval.gin \
+      --gin.DATA_DIR="'out/demo/data'" --gin.MODEL_DIR="'/tmp/run'"      # latest checkpoint
+  python -m model.eval ... --gin.CHECKPOINT_PATH="'/tmp/run/checkpoints/300'"
+
+For every Task of the Mixture (or the one Task) the whole validation split is scored once, in order,
+and the loss is token-weighted: `loss = -sum(log p(target) * weight) / sum(weight)`, perplexity =
+`exp(loss)`. The `all` row weights every token of every task equally. Prints a table and writes
+JSON (EVAL_OUTPUT, default MODEL_DIR/eval/eval_results_<step>.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model import checkpoints
+from model import data as data_lib
+from model import gin_utils
+from model.partitioning import Partitioner
+
+if __name__ == "__main__":
+  # Run the importable `model.eval`, not this `__main__` copy: gin must see each configurable once.
+  from model import eval as _eval_module
+  gin_utils.run(_eval_module.main)
+
+
+def _score_fn(model, partitioner: Partitioner, param_shardings):
+  def score(params, batch):
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    return jnp.sum(model.score_batch(params, batch)), jnp.sum(weights)
+  return jax.jit(score, in_shardings=(param_shardings, partitioner.batch_sharding),
+                 out_shardings=partitioner.replicated)
+
+
+def evaluate(model, params, dataset_cfg: data_lib.DatasetConfig, partitioner: Partitioner,
+             max_batches: Optional[int] = None) -> dict[str, dict[str, float]]:
+  """{task: {"loss", "perplexity", "num_tokens", "num_batches"}} plus an "all" row."""
+  partitioner.check_batch_size(dataset_cfg.batch_size)
+  shard_id, num_shards = partitioner.data_shard
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  score = _score_fn(model, partitioner, param_shardings)
+  local_batch = dataset_cfg.batch_size // num_shards
+  results = {}
+  for task in data_lib.task_names(dataset_cfg.mixture_or_task_name):
+    ds = data_lib.get_dataset(task, dataset_cfg.task_feature_lengths, dataset_cfg.split,
+                              dataset_cfg.batch_size, shuffle=False, seed=dataset_cfg.seed,
+                              use_cached=dataset_cfg.use_cached, shard_id=shard_id,
+                              num_shards=num_shards, pack=dataset_cfg.pack, num_epochs=1,
+                              drop_remainder=False)
+    log_lik, tokens, batches = 0.0, 0.0, 0
+    for batch in ds.as_numpy_iterator():
+      if max_batches is not None and batches >= max_batches:
+        break
+      batch = data_lib.pad_batch({k: np.asarray(v, np.int32) for k, v in batch.items()},
+                                 local_batch)
+      s, w = jax.device_get(score(params, partitioner.shard_batch(batch)))
+      log_lik, tokens, batches = log_lik + float(s), tokens + float(w), batches + 1
+    results[task] = _row(log_lik, tokens, batches)
+  total_ll = sum(r["_log_lik"] for r in results.values())
+  total_tokens = sum(r["num_tokens"] for r in results.values())
+  results["all"] = _row(total_ll, total_tokens, sum(r["num_batches"] for r in results.values()))
+  for r in results.values():
+    del r["_log_lik"]
+  return results
+
+
+def _row(log_lik: float, tokens: float, batches: int) -> dict[str, Any]:
+  if tokens == 0:
+    return {"loss": float("nan"), "perplexity": float("nan"), "num_tokens": 0.0,
+            "num_batches": batches, "_log_lik": log_lik}
+  loss = -log_lik / tokens
+  return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "num_tokens": tokens,
+          "num_batches": batches, "_log_lik": log_lik}
+
+
+def format_table(results: dict[str, dict[str, float]], step: Optional[int] = None) -> str:
+  header = f"{'task':<32} {'loss':>9} {'perplexity':>12} {'tokens':>12}"
+  lines = [f"eval at step {step}" if step is not None else "eval", header, "-" * len(header)]
+  for task, r in results.items():
+    lines.append(f"{task:<32} {r['loss']:>9.4f} {r['perplexity']:>12.3f} {int(r['num_tokens']):>12d}")
+  return "\n".join(lines)
+
+
+@gin.configurable
+def evaluate_checkpoint(*, model, dataset_cfg: data_lib.DatasetConfig, partitioner: Partitioner,
+                        checkpoint_path: Optional[str] = None, model_dir: Optional[str] = None,
+                        output_path: Optional[str] = None, max_batches: Optional[int] = None,
+                        data_dir: Optional[str] = None) -> dict:
+  """Loads the params of a checkpoint (CHECKPOINT_PATH, or MODEL_DIR's latest) and evaluates."""
+  step_dir = checkpoints.resolve_checkpoint_path(checkpoint_path, model_dir)
+  gin_utils.register_data_dir(data_dir)
+  data_lib.get_task_or_mixture(dataset_cfg.mixture_or_task_name)
+  gin_utils.check_vocab(model, dataset_cfg.mixture_or_task_name)
+  partitioner.check_batch_size(dataset_cfg.batch_size)
+  abstract = model.abstract_params()
+  shardings = partitioner.param_shardings(abstract, model.logical_axes())
+  params = checkpoints.load_params(step_dir, jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings))
+  step = checkpoints.read_meta(step_dir).get("step")
+  results = evaluate(model, params, dataset_cfg, partitioner, max_batches)
+  print(format_table(results, step), flush=True)
+  if output_path is None:
+    base = model_dir or os.path.dirname(os.path.dirname(step_dir.rstrip("/")))
+    output_path = os.path.join(base, "eval", f"eval_results_{step}.json")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    with open(output_path, "w") as f:
+      json.dump({"checkpoint": step_dir, "step": step, "split": dataset_cfg.split,
+                 "results": results}, f, indent=2, sort_keys=True)
+    print(f"wrote {output_path}", flush=True)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {argv[1:]}")
+  from model import train  # noqa: F401  Registers train's configurables: run files bind them.
+  gin_utils.parse_gin_flags()
+  evaluate_checkpoint()
+

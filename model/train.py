@@ -1,0 +1,387 @@
+r"""Trains a Gemma decoder on a seqio Task/Mixture (t5x's train.py, on jax.sharding + orbax + clu).
+
+  python -m model.train --gin_file=gin/small_cpu.gin --gin.MODEL_DIR="'/tmp/run'" \
+      --gin.DATA_DIR="'out/demo/data'" --gin.TRAIN_STEPS=300
+
+`train()` is a plain function whose arguments gin binds (see gin/runs/pretrain.gin). A restart
+with the same MODEL_DIR resumes from the latest checkpoint: parameters, optimizer state and the
+exact position in the data, so the per-step losses after the restart are those of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import flax
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+
+from model import gin_utils
+from model.optimizers import Optimizer, create_optimizer
+from model.partitioning import Partitioner
+# The input pipeline (seqio, TensorFlow), checkpointing (orbax), eval and metric writers (clu) are
+# imported by `train()` itself, so `Trainer` runs where only jax/flax/optax/gin are installed
+# (benchmarks/train_throughput.py on a bare GPU machine).
+
+if __name__ == "__main__":
+  # `python -m model.train` runs the importable module `model.train` instead of this `__main__`
+  # copy, so gin registers each configurable once (`model.eval` imports it too).
+  from model import train as _train_module
+  gin_utils.run(_train_module.main)
+
+# Metrics summed over microbatches; every other metric is a weight_sum-weighted mean.
+_SUMMED_METRICS = ("num_tokens", "weight_sum")
+
+
+# ---- train state and step ----
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: number of updates applied.
+  params: Any
+  opt_state: Any
+
+
+class Trainer:
+  """Sharded init and train step for one model/optimizer/partitioner."""
+
+  def __init__(self, model, optimizer: Optimizer, partitioner: Partitioner,
+               num_microbatches: int = 1, seed: int = 0):
+    self.model = model
+    self.optimizer = optimizer
+    self.partitioner = partitioner
+    self.num_microbatches = num_microbatches
+    self.seed = seed
+    repl = partitioner.replicated
+    self.abstract_params = model.abstract_params()
+    self.param_shardings = partitioner.param_shardings(self.abstract_params, model.logical_axes())
+    self.opt_state_shardings = partitioner.opt_state_shardings(
+        optimizer.tx, self.abstract_params, self.param_shardings)
+    self.abstract_opt_state = jax.eval_shape(optimizer.tx.init, self.abstract_params)
+    self.state_shardings = TrainState(step=repl, params=self.param_shardings,
+                                      opt_state=self.opt_state_shardings)
+    self._train_step = jax.jit(
+        self._step, in_shardings=(self.state_shardings, partitioner.batch_sharding),
+        out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
+
+  def _with_shardings(self, abstract, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract, shardings)
+
+  def abstract_train_params(self):
+    return self._with_shardings(self.abstract_params, self.param_shardings)
+
+  def abstract_train_opt_state(self):
+    return self._with_shardings(self.abstract_opt_state, self.opt_state_shardings)
+
+  def init_state(self, params=None) -> TrainState:
+    """Fresh state: random params from `seed`, or the given params (fine-tuning), new optimizer."""
+    def init(rng, params):
+      if params is None:
+        params = self.model.init_params(rng)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.optimizer.tx.init(params))
+    in_shardings = (None, self.param_shardings if params is not None else None)
+    with self.partitioner.activate():
+      return jax.jit(init, in_shardings=in_shardings, out_shardings=self.state_shardings)(
+          jax.random.PRNGKey(self.seed), params)
+
+  def state_from(self, step: int, params, opt_state) -> TrainState:
+    step = jax.device_put(jnp.asarray(step, jnp.int32), self.partitioner.replicated)
+    return TrainState(step=step, params=params, opt_state=opt_state)
+
+  def _grads(self, params, batch, rng):
+    """Gradients and metrics for the global batch, accumulated over microbatches if asked.
+
+    The accumulated gradient equals the big-batch gradient: each microbatch's token-mean loss
+    is weighted by its share of loss weights (or summed when the loss has a fixed normaliser).
+    """
+    grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
+    n = self.num_microbatches
+    if n == 1:
+      (_, metrics), grads = grad_fn(params, batch, rng)
+      return grads, metrics
+    token_mean = getattr(self.model, "loss_normalizing_factor", None) is None
+
+    def split(x):  # Microbatch i takes rows i, i+n, ...: every data shard feeds every microbatch.
+      return x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+
+    def body(carry, xs):
+      grad_acc, metric_acc = carry
+      micro, i = xs
+      (_, metrics), grads = grad_fn(params, micro, jax.random.fold_in(rng, i))
+      w = metrics["weight_sum"] if token_mean else jnp.float32(1.0)
+      grad_acc = jax.tree.map(lambda a, g: a + w * g.astype(jnp.float32), grad_acc, grads)
+      metric_acc = {k: metric_acc[k] + (v if k in _SUMMED_METRICS else w * v)
+                    for k, v in metrics.items()}
+      return (grad_acc, metric_acc), None
+
+    micro_batches = jax.tree.map(split, batch)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    metric_shapes = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0],
+                                                                       micro_batches), rng)[0][1])
+    metric_zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), metric_shapes)
+    (grads, sums), _ = jax.lax.scan(body, (zeros, metric_zeros), (micro_batches, jnp.arange(n)))
+    total = jnp.maximum(sums["weight_sum"], 1e-8) if token_mean else jnp.float32(1.0)
+    grads = jax.tree.map(lambda g, p: (g / total).astype(p.dtype), grads, params)
+    metrics = {k: (v if k in _SUMMED_METRICS else v / total) for k, v in sums.items()}
+    return grads, metrics
+
+  def _step(self, state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), state.step)
+    grads, metrics = self._grads(state.params, batch, rng)
+    updates, opt_state = self.optimizer.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params),
+                   learning_rate=jnp.asarray(self.optimizer.learning_rate_fn(state.step),
+                                             jnp.float32))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
+    """One update on a global batch (sharded over 'data'); returns (new state, metrics)."""
+    with self.partitioner.activate():
+      return self._train_step(state, batch)
+
+
+def run_fingerprint(trainer: Trainer, cfg: data_lib.DatasetConfig, num_shards: int) -> dict:
+  """What a checkpoint must share with this run to be resumed by it (saved with every step)."""
+  def shapes(tree):
+    return {jax.tree_util.keystr(k): list(v.shape)
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+      "param_shapes": shapes(trainer.abstract_params),
+      "opt_state_shapes": shapes(trainer.abstract_opt_state),
+      "data": {"mixture_or_task_name": cfg.mixture_or_task_name,
+               "task_feature_lengths": dict(cfg.task_feature_lengths), "split": cfg.split,
+               "batch_size": cfg.batch_size, "shuffle": cfg.shuffle, "seed": cfg.seed,
+               "pack": cfg.pack, "num_hosts": num_shards},
+  }
+
+
+# ---- metrics ----
+
+class MetricsLogger:
+  """TensorBoard summaries (clu) under MODEL_DIR/{train,eval}, metrics.jsonl, console lines."""
+
+  def __init__(self, model_dir: str, resume_step: int):
+    from clu import metric_writers
+    self.is_chief = jax.process_index() == 0
+    self.writers = {split: metric_writers.create_default_writer(
+        os.path.join(model_dir, split), just_logging=not self.is_chief, asynchronous=False)
+        for split in ("train", "eval")}
+    self.jsonl_path = os.path.join(model_dir, "metrics.jsonl")
+    if self.is_chief:
+      self._truncate_after(resume_step)
+
+  def _truncate_after(self, step: int) -> None:
+    """Drops records of steps a restart will redo, so the file reads as one clean run."""
+    if not os.path.exists(self.jsonl_path):
+      return
+    with open(self.jsonl_path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    keep = [r for r in records if r["step"] <= step]
+    tmp = self.jsonl_path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+    os.replace(tmp, self.jsonl_path)
+
+  def write(self, split: str, step: int, scalars: Mapping[str, float]) -> None:
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self.writers[split].write_scalars(step, scalars)
+    if self.is_chief:
+      with open(self.jsonl_path, "a") as f:
+        f.write(json.dumps({"split": split, "step": step, **scalars}, sort_keys=True) + "\n")
+
+  def records(self, split: str = "train") -> list[dict]:
+    if not os.path.exists(self.jsonl_path):
+      return []
+    with open(self.jsonl_path) as f:
+      return [r for r in map(json.loads, filter(str.strip, f)) if r["split"] == split]
+
+  def close(self) -> None:
+    for writer in self.writers.values():
+      writer.flush()
+      writer.close()
+
+
+# ---- the training loop ----
+
+@gin.configurable(denylist=["stop_after"])
+def train(*,
+          model,
+          train_dataset_cfg: data_lib.DatasetConfig,
+          partitioner: Partitioner,
+          model_dir: str,
+          total_steps: int,
+          optimizer: Optional[Optimizer] = None,
+          checkpoint_cfg: Optional[CheckpointConfig] = None,
+          eval_dataset_cfg: Optional[data_lib.DatasetConfig] = None,
+          eval_period: int = 0,
+          eval_batches: Optional[int] = None,
+          log_period: int = 10,
+          num_microbatches: int = 1,
+          seed: int = 0,
+          init_checkpoint: Optional[str] = None,
+          data_dir: Optional[str] = None,
+          stop_after: Optional[Callable[[int], bool]] = None) -> dict:
+  """Trains to `total_steps`, resuming from MODEL_DIR's latest checkpoint if there is one.
+
+  Args:
+    model: a `DecoderOnlyModel` (see `build_model`).
+    train_dataset_cfg: the training pipeline; its batch size is global.
+    partitioner: mesh and sharding rules.
+    model_dir: checkpoints, TensorBoard summaries, metrics.jsonl and train_summary.json go here.
+    total_steps: train until this many updates have been applied (counting earlier runs).
+    optimizer: `create_optimizer()` by default (Adafactor, rsqrt schedule).
+    checkpoint_cfg: save period, number kept, async.
+    eval_dataset_cfg, eval_period, eval_batches: validation loss every `eval_period` steps
+      and at the end (0 = never), on at most `eval_batches` batches per task.
+    log_period: a console line, TensorBoard and metrics.jsonl records every this many steps
+      (the jsonl gets every step's record).
+    num_microbatches: gradient accumulation; the global batch is split into this many parts.
+    seed: parameter init and dropout.
+    init_checkpoint: a step directory to take initial params from (fine-tuning), used only
+      when MODEL_DIR has no checkpoint yet.
+    data_dir: DATA_DIR; its gf_* tasks are registered first.
+    stop_after: test hook: returns True to stop after that step (simulating pre-emption).
+
+  Returns:
+    The summary that is also written to MODEL_DIR/train_summary.json.
+  """
+  from model import data as data_lib
+  from model import eval as eval_lib
+  from model.checkpoints import CheckpointConfig, Checkpointer, load_params, resolve_checkpoint_path
+  checkpoint_cfg = checkpoint_cfg or CheckpointConfig()
+  # Everything that can be wrong with the configuration is checked before any compute.
+  if total_steps is None or total_steps < 1:
+    raise ValueError(f"TRAIN_STEPS must be a positive int, got {total_steps}")
+  if not model_dir:
+    raise ValueError("MODEL_DIR must be set")
+  for name, value in (("log_period", log_period), ("num_microbatches", num_microbatches)):
+    if value < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}")
+  gin_utils.register_data_dir(data_dir)
+  cfg = train_dataset_cfg
+  data_lib.get_task_or_mixture(cfg.mixture_or_task_name)
+  gin_utils.check_vocab(model, cfg.mixture_or_task_name)
+  partitioner.check_batch_size(cfg.batch_size, num_microbatches)
+  if eval_period and eval_dataset_cfg is not None:
+    data_lib.get_task_or_mixture(eval_dataset_cfg.mixture_or_task_name)
+    partitioner.check_batch_size(eval_dataset_cfg.batch_size)
+  init_step_dir = resolve_checkpoint_path(init_checkpoint, None) if init_checkpoint else None
+  optimizer = optimizer if optimizer is not None else create_optimizer()
+  print(f"Model: {model.config}\nPartitioner: {partitioner}", flush=True)
+
+  os.makedirs(model_dir, exist_ok=True)
+  shard_id, num_shards = partitioner.data_shard
+  data_iter = data_lib.DataIterator(
+      data_lib.get_dataset_from_config(cfg, shard_id, num_shards, num_epochs=None))
+  trainer = Trainer(model, optimizer, partitioner, num_microbatches, seed)
+  checkpointer = Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_cfg)
+
+  compat = run_fingerprint(trainer, cfg, num_shards)
+  restored = checkpointer.restore_latest(trainer.abstract_train_params(),
+                                         trainer.abstract_train_opt_state(), data_iter, compat)
+  if restored is not None:
+    start_step, params, opt_state = restored
+    state = trainer.state_from(start_step, params, opt_state)
+    print(f"Resuming from checkpoint step {start_step} in {model_dir}", flush=True)
+  else:
+    start_step = 0
+    init_params = load_params(init_step_dir, trainer.abstract_train_params()) \
+        if init_step_dir else None
+    state = trainer.init_state(init_params)
+    print(f"Starting at step 0 from {init_step_dir or f'random init (seed {seed})'}", flush=True)
+
+  logger = MetricsLogger(model_dir, start_step)
+  run_start = time.time()
+  pending: list[tuple[int, dict]] = []
+  period_start, period_tokens, run_tokens = time.time(), 0.0, 0.0
+  step = start_step
+
+  def flush():
+    nonlocal period_start, period_tokens, run_tokens
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), metrics in zip(pending, fetched):
+      period_tokens += float(metrics["num_tokens"])
+      if jax.process_index() == 0:
+        logger.write("train", s, {**metrics, "perplexity": math.exp(min(float(metrics["cross_ent_loss"]), 50.0))})
+    elapsed = max(time.time() - period_start, 1e-9)
+    last_step, last = pending[-1][0], fetched[-1]
+    tokens_per_s = period_tokens / elapsed
+    logger.writers["train"].write_scalars(last_step, {"tokens_per_second": tokens_per_s})
+    print(f"step {last_step}/{total_steps} | loss {float(last['loss']):.4f} | "
+          f"lr {float(last['learning_rate']):.2e} | grad_norm {float(last['grad_norm']):.3f} | "
+          f"{tokens_per_s:,.0f} tok/s | {elapsed / len(pending):.3f} s/step", flush=True)
+    run_tokens += period_tokens
+    pending.clear()
+    period_start, period_tokens = time.time(), 0.0
+
+  def run_eval(at_step):
+    results = eval_lib.evaluate(model, state.params, eval_dataset_cfg, partitioner,
+                                max_batches=eval_batches)
+    for task, r in results.items():
+      logger.write("eval", at_step, {f"{task}/loss": r["loss"], f"{task}/perplexity": r["perplexity"]})
+    print(eval_lib.format_table(results, at_step), flush=True)
+    return results
+
+  eval_results = None
+  try:
+    while step < total_steps:
+      batch = partitioner.shard_batch(next(data_iter))
+      state, metrics = trainer.train_step(state, batch)
+      step += 1
+      pending.append((step, metrics))
+      if step % log_period == 0 or step == total_steps:
+        flush()
+      if step % checkpoint_cfg.save_period == 0 or step == total_steps:
+        checkpointer.save(step, state.params, state.opt_state, data_iter, {"compat": compat})
+      if eval_period and eval_dataset_cfg is not None and (step % eval_period == 0
+                                                           or step == total_steps):
+        eval_results = run_eval(step)
+      if stop_after is not None and stop_after(step):
+        break
+    if pending:
+      flush()
+  finally:
+    checkpointer.close()
+    logger.close()
+
+  records = logger.records("train")
+  summary = {
+      "steps": step,
+      "start_step": start_step,
+      "first_loss": records[0]["loss"] if records else None,
+      "final_loss": records[-1]["loss"] if records else None,
+      "final_loss_mean_last_10": float(np.mean([r["loss"] for r in records[-10:]])) if records else None,
+      "tokens_this_run": run_tokens,
+      "seconds_this_run": time.time() - run_start,
+      "tokens_per_second": run_tokens / max(time.time() - run_start, 1e-9),
+      "checkpoint_steps": checkpointer.all_steps(),
+      "eval": eval_results,
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+    print("Training summary: " + json.dumps({k: v for k, v in summary.items() if k != "eval"},
+                                           sort_keys=True), flush=True)
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {argv[1:]}")
+  from model import checkpoints, data  # noqa: F401  Their configurables appear in the gin files.
+  gin_utils.parse_gin_flags()
+  train()
+

@@ -64,8 +64,10 @@ def stage_commands(work_dir: str, args: argparse.Namespace) -> list[tuple[str, l
       ("tokenize", [py, "-m", "pipelines.tokenize", f"--input={d('dedupe')}",
                     f"--tokenizer={d('tokenizer')}/tokenizer.model", f"--output_dir={data_dir}"]),
       ("train", [py, "-m", "model.train", *gin_common, f"--gin.TRAIN_STEPS={args.train_steps}"]),
-      ("eval", [py, "-m", "model.eval", *gin_common]),
-      ("infer", [py, "-m", "model.infer", *gin_common, f"--prompt={args.prompt}"]),
+      ("eval", [py, "-m", "model.eval", *gin_common, "--gin_file=gin/runs/eval.gin",
+                f"--gin.EVAL_OUTPUT='{model_dir}/eval_results.json'"]),
+      ("infer", [py, "-m", "model.infer", *gin_common, "--gin_file=gin/runs/infer.gin",
+                 f"--gin.INFER_OUTPUT='{model_dir}/samples.jsonl'", f"--prompt={args.prompt}"]),
   ]
 
 
@@ -80,8 +82,9 @@ def summarize(work_dir: str) -> dict:
   summary["train"] = _read_train_metrics(os.path.join(work_dir, "model"))
   with open(os.path.join(work_dir, "model", "eval_results.json")) as f:
     summary["eval"] = json.load(f)
-  with open(os.path.join(work_dir, "logs", "infer.log")) as f:
-    summary["sample"] = f.read().strip().splitlines()[-1] if f else ""
+  with open(os.path.join(work_dir, "model", "samples.jsonl")) as f:
+    sample = json.loads(f.readline())
+  summary["sample"] = {"prompt": sample["prompt"], "completion": sample["completion"]}
   return summary
 
 
@@ -111,9 +114,10 @@ def print_summary(summary: dict) -> None:
   t = summary["train"]
   print(f"\ntraining loss: step {t['first_step']} {t['first_loss']:.3f} -> "
         f"step {t['last_step']} {t['last_loss']:.3f}")
-  for task, result in sorted(summary["eval"]["tasks"].items()):
+  for task, result in sorted(summary["eval"]["results"].items()):
     print(f"eval {task:<12} loss={result['loss']:.3f} perplexity={result['perplexity']:.1f}")
-  print(f"\nsample: {summary['sample']}")
+  sample = summary["sample"]
+  print(f"\nsample: {sample['prompt']!r} -> {sample['completion']!r}")
 
 
 def main(argv=None) -> dict:

@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -128,6 +129,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--vocab_size", type=int, default=4096)
   parser.add_argument("--train_steps", type=int, default=300)
   parser.add_argument("--prompt", default="The Python standard library")
+  parser.add_argument("--resume", action="store_true",
+                      help="Continue training from the work dir's last checkpoint.")
   parser.add_argument("--only_data", action="store_true",
                       help="Run the data stages only (extract .. tokenize).")
   args = parser.parse_args(argv)
@@ -139,6 +142,9 @@ def main(argv=None) -> dict:
   for name, cmd in stage_commands(work_dir, args):
     if args.only_data and name in ("train", "eval", "infer"):
       continue
+    if name == "train" and not args.resume:
+      # The trainer resumes from MODEL_DIR's latest checkpoint; the demo means a fresh run.
+      shutil.rmtree(os.path.join(work_dir, "model"), ignore_errors=True)
     _run(cmd, os.path.join(work_dir, "logs", f"{name}.log"))
   if args.only_data:
     return {}

@@ -193,11 +193,17 @@ class Checkpointer:
     return None
 
 
+def _absolute(path: Optional[str]) -> Optional[str]:
+  return os.path.abspath(path) if path and "://" not in path else path
+
+
 def resolve_checkpoint_path(checkpoint_path: Optional[str], model_dir: Optional[str]) -> str:
   """A step directory: `checkpoint_path` itself, or the latest step under MODEL_DIR/checkpoints.
 
-  Raises a clear error if there is none, before any model is built.
+  Raises a clear error if there is none, before any model is built. Local paths are made absolute
+  (orbax refuses relative ones), so `--gin.MODEL_DIR=out/run` works as users expect.
   """
+  checkpoint_path, model_dir = _absolute(checkpoint_path), _absolute(model_dir)
   if checkpoint_path:
     path = epath.Path(checkpoint_path)
     if not (path / "params").exists():

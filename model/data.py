@@ -8,13 +8,21 @@ Resuming exactly: like t5x, the position in the data is the state of the `tf.dat
 with `tf.train.Checkpoint` next to every model checkpoint (see `model.checkpoints`). The pipeline is
 deterministic (seeded shuffle and mixture sampling, `deterministic=True`), so a restarted run sees
 the same batches in the same order as an uninterrupted one.
+
+A staged mixture (`DatasetConfig.stages`, Gemma's late high-quality reweighting) is read by
+`ScheduledDataIterator` instead: train step `s` is exactly the schedule's block `s` of
+`examples_per_step` examples (`tasks.schedule`), packed into this host's rows of the batch. Its
+data position is only the step, so a restart rebuilds the streams at the checkpoint's step instead
+of restoring or replaying a stream.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import os
-from typing import Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -37,6 +45,12 @@ class DatasetConfig:
   seed: Optional[int] = 0
   use_cached: bool = False
   pack: bool = True
+  # A staged mixture over the tasks of `mixture_or_task_name`: [(start_step, {key: weight}), ...],
+  # a key being a task, a quality tier (tasks.TASK_TIERS) or 'all'; a float start_step in (0, 1)
+  # is a fraction of the run's total steps. See `build_mixture_schedule`.
+  stages: Optional[Sequence[tuple[Any, Mapping[str, float]]]] = None
+  # Examples per step and host before packing; None: ~80% of the rows' tokens in every stage.
+  examples_per_step: Optional[int] = None
 
 
 def get_task_or_mixture(name: str) -> seqio.DatasetProviderBase:
@@ -142,6 +156,218 @@ class DataIterator:
     if not tf.io.gfile.glob(prefix + ".index"):
       raise FileNotFoundError(f"No data iterator checkpoint at {prefix}")
     self._checkpoint.read(prefix).assert_consumed()
+
+
+# ---- a staged mixture, resumable from the step alone ----
+
+def pack_examples(examples: Sequence[np.ndarray], rows: int, length: int, pack: bool = True
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Packs token examples into `rows` x `length` decoder features, as seqio's converter does.
+
+  Examples go, in order, into the first row with room (first fit); with `pack=False` each takes a
+  row of its own. An example longer than `length` is trimmed (seqio trims too; the gf_* tasks
+  chunk documents so none is). Features are `DecoderFeatureConverter`'s: inputs are the targets
+  shifted right within each segment, loss weights mark non-padding targets, and with packing
+  `decoder_segment_ids` (1, 2, ... per row) and `decoder_positions`.
+
+  Returns the batch and, for every example, its row (-1: it did not fit in this step's rows).
+  """
+  targets = np.zeros((rows, length), np.int32)
+  inputs = np.zeros((rows, length), np.int32)
+  segments = np.zeros((rows, length), np.int32)
+  positions = np.zeros((rows, length), np.int32)
+  used = np.zeros(rows, np.int64)
+  count = np.zeros(rows, np.int32)
+  placed = np.full(len(examples), -1, np.int64)
+  for i, ex in enumerate(examples):
+    ex = np.asarray(ex, np.int32)[:length]
+    n = len(ex)
+    if n == 0:
+      continue
+    free = np.nonzero((used + n <= length) & ((count == 0) | pack))[0]
+    if not len(free):
+      continue
+    r, start = free[0], used[free[0]]
+    targets[r, start:start + n] = ex
+    inputs[r, start + 1:start + n] = ex[:-1]
+    count[r] += 1
+    segments[r, start:start + n] = count[r]
+    positions[r, start:start + n] = np.arange(n)
+    used[r] += n
+    placed[i] = r
+  batch = {"decoder_target_tokens": targets, "decoder_input_tokens": inputs,
+           "decoder_loss_weights": (targets != 0).astype(np.int32)}
+  if pack:
+    batch.update(decoder_segment_ids=segments, decoder_positions=positions)
+  return batch, placed
+
+
+def build_mixture_schedule(cfg: DatasetConfig, total_steps: int, rows: int):
+  """The `tasks.schedule.MixtureSchedule` of `cfg.stages`, or None for a plain mixture.
+
+  Stage keys are resolved over the tasks of `cfg.mixture_or_task_name` with their train-token
+  counts and `tasks.TASK_TIERS`; a fractional start is resolved against `total_steps` exactly as
+  `create_schedule(decay_start_step=...)` resolves it, so both can share one macro. Token
+  shares become example probabilities with each task's measured mean example (chunk) length.
+  """
+  if cfg.stages is None:
+    return None
+  import tasks
+  from model.optimizers import resolve_step
+  from tasks import mixtures, schedule as schedule_lib
+  if cfg.seed is None:
+    raise ValueError("A staged mixture needs an int DatasetConfig.seed (DATA_SEED), not None")
+  names = task_names(cfg.mixture_or_task_name)
+  tokens = {}
+  for name in names:
+    try:
+      tokens[name] = mixtures.task_token_stats(name, cfg.split)[0]
+    except Exception as e:  # seqio raises several types for a task without a cache.
+      raise ValueError(f"A staged mixture reads cached tasks (pipelines.tokenize output), but "
+                       f"{name} has no cached {cfg.split!r} stats: {e}") from e
+  spec = [(resolve_step(start, total_steps, f"stage {i} start_step"), weights)
+          for i, (start, weights) in enumerate(_stage_entries(cfg.stages))]
+  stages = schedule_lib.stages_from_spec(spec, tokens, tasks.TASK_TIERS)
+  length = int(cfg.task_feature_lengths["targets"])
+  mean_tokens = schedule_lib.measured_example_tokens(
+      sorted({t for stage in stages for t in stage.token_shares}), {"targets": length},
+      cfg.split, int(cfg.seed))
+  examples_per_step = cfg.examples_per_step
+  if examples_per_step is None:
+    # `rows` examples always fit (each is at most `length` tokens); packing fits more.
+    examples_per_step = rows if not cfg.pack else max(rows, schedule_lib.default_examples_per_step(
+        stages, mean_tokens, rows * length, length))
+  return schedule_lib.MixtureSchedule(stages, examples_per_step, mean_tokens)
+
+
+def _stage_entries(stages) -> list:
+  if not isinstance(stages, (list, tuple)) or not stages:
+    raise ValueError(f"STAGES must be a non-empty list of (start_step, {{task or tier: weight}}), "
+                     f"got {stages!r}")
+  for i, entry in enumerate(stages):
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+      raise ValueError(f"Stage {i} must be (start_step, {{task or tier: weight}}), got {entry!r}")
+  return list(stages)
+
+
+class ScheduledDataIterator:
+  """Batches of a staged mixture: step `s` packs the schedule's block `s` into this host's rows.
+
+  The iterator's whole state is `step`. `save` writes it (and the schedule) as JSON; `restore`
+  reads it back, checks the schedule, and the next batch rebuilds each source stream skipped to
+  `schedule.positions(seed, step, host)`. Examples of a block that do not fit the rows are
+  dropped and counted (`last_dropped`, `dropped_examples`): choose `examples_per_step` so that
+  this is rare (the default targets 80% of the rows' tokens).
+
+  `last_source_ids` ([rows, length], 0 = padding, else 1 + index in `schedule.tasks`) says which
+  task every token of the last batch came from (tests, and the per-source token fractions).
+  """
+
+  def __init__(self, schedule, sequence_length: int, rows: int, seed: int, split: str = "train",
+               shard_id: int = 0, num_shards: int = 1, pack: bool = True, shuffle: bool = True,
+               streams: Optional[Mapping[str, Callable[[int], Iterator]]] = None):
+    self.schedule = schedule
+    self.length = sequence_length
+    self.rows = rows
+    self.seed = seed
+    self.split = split
+    self.host = shard_id
+    self.num_shards = num_shards
+    self.pack = pack
+    self.shuffle = shuffle
+    self._streams = streams
+    self.step = 0
+    self.dropped_examples = 0
+    self.last_dropped = 0
+    self.last_source_ids: Optional[np.ndarray] = None
+    self._blocks: Optional[Iterator] = None
+
+  def _make_streams(self):
+    if self._streams is not None:
+      return self._streams
+    from tasks import schedule as schedule_lib
+    import seqio
+    shard_info = seqio.ShardInfo(self.host, self.num_shards) if self.num_shards > 1 else None
+    return schedule_lib.seqio_streams(self.schedule.tasks, {"targets": self.length}, self.split,
+                                      self.seed, shard_info, self.shuffle)
+
+  def _generate(self, start_step: int):
+    examples = self.schedule.examples(self._make_streams(), self.seed, self.host, start_step)
+    for _, block in itertools.groupby(examples, key=lambda e: e[0]):
+      block = list(block)
+      batch, placed = pack_examples([ex["targets"] if isinstance(ex, Mapping) else ex
+                                     for _, _, ex in block], self.rows, self.length, self.pack)
+      sources = np.zeros((self.rows, self.length), np.int32)
+      if self.pack:
+        for (_, task, _), row, seg in zip(block, placed, _segment_numbers(placed)):
+          if row >= 0:
+            sources[row][batch["decoder_segment_ids"][row] == seg] = \
+                self.schedule.tasks.index(task) + 1
+      else:
+        for (_, task, _), row in zip(block, placed):
+          if row >= 0:
+            sources[row][batch["decoder_target_tokens"][row] != 0] = \
+                self.schedule.tasks.index(task) + 1
+      yield batch, sources, int(np.sum(placed < 0))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._blocks is None:
+      self._blocks = self._generate(self.step)
+    batch, self.last_source_ids, self.last_dropped = next(self._blocks)
+    self.dropped_examples += self.last_dropped
+    self.step += 1
+    return batch
+
+  def _fingerprint(self) -> dict:
+    from tasks import schedule as schedule_lib
+    return schedule_lib.schedule_to_json(self.schedule, seed=self.seed, host=self.host,
+                                         rows=self.rows, length=self.length, pack=self.pack)
+
+  def save(self, prefix: str) -> None:
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    with open(prefix + ".json", "w") as f:
+      json.dump({"step": self.step, "schedule": self._fingerprint()}, f, indent=1, sort_keys=True)
+
+  def restore(self, prefix: str) -> None:
+    path = prefix + ".json"
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"No scheduled data position at {path}")
+    with open(path) as f:
+      saved = json.load(f)
+    if saved["schedule"] != json.loads(json.dumps(self._fingerprint())):
+      raise ValueError(f"{path} was saved for another mixture schedule")
+    self.step = int(saved["step"])
+    self._blocks = None
+
+
+def _segment_numbers(placed: np.ndarray) -> list[int]:
+  """The segment id (1, 2, ...) every placed example got in its row, in placement order."""
+  seen: dict[int, int] = {}
+  out = []
+  for row in placed.tolist():
+    if row >= 0:
+      seen[row] = seen.get(row, 0) + 1
+    out.append(seen.get(row, 0) if row >= 0 else 0)
+  return out
+
+
+def get_train_iterator(cfg: DatasetConfig, total_steps: int, shard_id: int = 0,
+                       num_shards: int = 1):
+  """The training batches: a `ScheduledDataIterator` if `cfg.stages` is set, else a
+  checkpointable `DataIterator` over `get_dataset` (repeated)."""
+  if cfg.batch_size % num_shards:
+    raise ValueError(f"Global batch size {cfg.batch_size} is not divisible by the number of data "
+                     f"shards (hosts) {num_shards}")
+  rows = cfg.batch_size // num_shards
+  schedule = build_mixture_schedule(cfg, total_steps, rows)
+  if schedule is None:
+    return DataIterator(get_dataset_from_config(cfg, shard_id, num_shards, num_epochs=None))
+  return ScheduledDataIterator(schedule, int(cfg.task_feature_lengths["targets"]), rows,
+                               int(cfg.seed), cfg.split, shard_id, num_shards, cfg.pack,
+                               cfg.shuffle)
 
 
 # ---- a built-in synthetic task, for tests, benchmarks and smoke runs without DATA_DIR ----

@@ -27,14 +27,18 @@ def create_schedule(name: str = "rsqrt",
                     warmup_steps: int = 1000,
                     total_steps: Optional[int] = None,
                     decay_fraction: float = 0.1,
-                    final_learning_rate_fraction: float = 0.0) -> optax.Schedule:
+                    final_learning_rate_fraction: float = 0.0,
+                    decay_start_step: Optional[float] = None) -> optax.Schedule:
   """A learning-rate schedule; every one starts with `warmup_steps` of linear warmup from 0.
 
   * constant: `peak` after warmup.
   * rsqrt: `peak * sqrt(warmup / step)` after warmup (t5x's rsqrt_decay, made continuous).
   * cosine: cosine decay from `peak` to `final_fraction * peak` at `total_steps`.
   * wsd: warmup, stable at `peak`, then linear decay to `final_fraction * peak` over the last
-    `decay_fraction` of `total_steps`.
+    `decay_fraction` of `total_steps`, or from `decay_start_step` on if that is set: an int step,
+    or a float in (0, 1) read as a fraction of `total_steps`. A staged mixture sets it to the
+    final stage's start (gin/small_cpu_staged.gin), so the rate decays while the high-quality
+    stage trains, as in Gemma's recipe.
   """
   if name not in SCHEDULES:
     raise ValueError(f"Unknown schedule {name!r}; choose one of {SCHEDULES}")
@@ -56,9 +60,16 @@ def create_schedule(name: str = "rsqrt",
     after = optax.cosine_decay_schedule(peak, total_steps - warmup_steps,
                                         alpha=final_learning_rate_fraction)
   else:  # wsd
-    if not 0.0 < decay_fraction <= 1.0:
-      raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
-    decay_steps = max(int(round(total_steps * decay_fraction)), 1)
+    if decay_start_step is not None:
+      start = resolve_step(decay_start_step, total_steps, "decay_start_step")
+      if not warmup_steps <= start < total_steps:
+        raise ValueError(f"decay_start_step {decay_start_step} (step {start}) must lie in "
+                         f"[warmup_steps={warmup_steps}, total_steps={total_steps})")
+      decay_steps = total_steps - start
+    else:
+      if not 0.0 < decay_fraction <= 1.0:
+        raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
+      decay_steps = max(int(round(total_steps * decay_fraction)), 1)
     stable_steps = max(total_steps - warmup_steps - decay_steps, 0)
     after = optax.join_schedules(
         [optax.constant_schedule(peak), optax.linear_schedule(peak, final, decay_steps)],
@@ -66,6 +77,19 @@ def create_schedule(name: str = "rsqrt",
   if warmup_steps == 0:
     return after
   return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def resolve_step(step: float, total_steps: int, name: str = "step") -> int:
+  """An int step as is; a float in (0, 1) as that fraction of `total_steps`, rounded."""
+  if isinstance(step, bool) or not isinstance(step, (int, float)):
+    raise ValueError(f"{name} must be an int step or a float fraction in (0, 1), got {step!r}")
+  if isinstance(step, float):
+    if not 0.0 < step < 1.0:
+      raise ValueError(f"{name} {step} is a float, so it must be a fraction in (0, 1)")
+    return int(round(step * total_steps))
+  if step < 0:
+    raise ValueError(f"{name} must be >= 0, got {step}")
+  return step
 
 
 @dataclasses.dataclass(frozen=True)

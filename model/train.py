@@ -6,7 +6,10 @@ r"""Trains a Gemma decoder on a seqio Task/Mixture (t5x's train.py, on jax.shard
 `train()` is a plain function whose arguments gin binds (see gin/runs/pretrain.gin). A restart
 with the same MODEL_DIR resumes from the latest checkpoint: parameters, optimizer state and the
 exact position in the data, so the per-step losses after the restart are those of an
-uninterrupted run.
+uninterrupted run. With a staged mixture (STAGES, gin/small_cpu_staged.gin) that position is just
+the step (see `model.data.ScheduledDataIterator`), and the resolved stages are written to
+MODEL_DIR/mixture_schedule.json. Evaluation every EVAL_PERIOD steps reports validation loss per
+task and seqio metrics (SEQIO_EVAL_TASKS).
 """
 
 from __future__ import annotations
@@ -153,18 +156,26 @@ class Trainer:
       return self._train_step(state, batch)
 
 
-def run_fingerprint(trainer: Trainer, cfg: data_lib.DatasetConfig, num_shards: int) -> dict:
-  """What a checkpoint must share with this run to be resumed by it (saved with every step)."""
+def run_fingerprint(trainer: Trainer, cfg: data_lib.DatasetConfig, num_shards: int,
+                    mixture_schedule: Optional[dict] = None) -> dict:
+  """What a checkpoint must share with this run to be resumed by it (saved with every step).
+
+  A staged mixture adds its resolved stages: resuming under other stages would not continue the
+  run's data (a fractional stage start moves when TRAIN_STEPS changes).
+  """
   def shapes(tree):
     return {jax.tree_util.keystr(k): list(v.shape)
             for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+  data = {"mixture_or_task_name": cfg.mixture_or_task_name,
+          "task_feature_lengths": dict(cfg.task_feature_lengths), "split": cfg.split,
+          "batch_size": cfg.batch_size, "shuffle": cfg.shuffle, "seed": cfg.seed,
+          "pack": cfg.pack, "num_hosts": num_shards}
+  if mixture_schedule is not None:
+    data["mixture_schedule"] = mixture_schedule
   return {
       "param_shapes": shapes(trainer.abstract_params),
       "opt_state_shapes": shapes(trainer.abstract_opt_state),
-      "data": {"mixture_or_task_name": cfg.mixture_or_task_name,
-               "task_feature_lengths": dict(cfg.task_feature_lengths), "split": cfg.split,
-               "batch_size": cfg.batch_size, "shuffle": cfg.shuffle, "seed": cfg.seed,
-               "pack": cfg.pack, "num_hosts": num_shards},
+      "data": data,
   }
 
 
@@ -233,6 +244,7 @@ def train(*,
           seed: int = 0,
           init_checkpoint: Optional[str] = None,
           data_dir: Optional[str] = None,
+          seqio_eval_tasks: Any = "auto",
           stop_after: Optional[Callable[[int], bool]] = None) -> dict:
   """Trains to `total_steps`, resuming from MODEL_DIR's latest checkpoint if there is one.
 
@@ -246,6 +258,9 @@ def train(*,
     checkpoint_cfg: save period, number kept, async.
     eval_dataset_cfg, eval_period, eval_batches: validation loss every `eval_period` steps
       and at the end (0 = never), on at most `eval_batches` batches per task.
+    seqio_eval_tasks: seqio evaluation (metric_fns, e.g. rank-classification accuracy) at the
+      same steps: a list of registered task names, or 'auto' for the eval tasks that
+      `tasks.eval_tasks` builds from DATA_DIR (none without DATA_DIR); None or [] = off.
     log_period: a console line, TensorBoard and metrics.jsonl records every this many steps
       (the jsonl gets every step's record).
     num_microbatches: gradient accumulation; the global batch is split into this many parts.
@@ -282,19 +297,26 @@ def train(*,
   optimizer = optimizer if optimizer is not None else create_optimizer()
   print(f"Model: {model.config}\nPartitioner: {partitioner}", flush=True)
 
+  seqio_eval_names = eval_lib.resolve_seqio_eval_tasks(seqio_eval_tasks, data_dir) \
+      if eval_period and eval_dataset_cfg is not None else []
   os.makedirs(model_dir, exist_ok=True)
   shard_id, num_shards = partitioner.data_shard
-  data_iter = data_lib.DataIterator(
-      data_lib.get_dataset_from_config(cfg, shard_id, num_shards, num_epochs=None))
+  data_iter = data_lib.get_train_iterator(cfg, total_steps, shard_id, num_shards)
+  staged = isinstance(data_iter, data_lib.ScheduledDataIterator)
+  schedule_json = write_mixture_schedule(data_iter, cfg, model_dir, total_steps) if staged else None
   trainer = Trainer(model, optimizer, partitioner, num_microbatches, seed)
   checkpointer = Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_cfg)
 
-  compat = run_fingerprint(trainer, cfg, num_shards)
+  compat = run_fingerprint(trainer, cfg, num_shards, schedule_json and {
+      k: schedule_json[k] for k in ("stages", "examples_per_step")})
   restored = checkpointer.restore_latest(trainer.abstract_train_params(),
                                          trainer.abstract_train_opt_state(), data_iter, compat)
   if restored is not None:
     start_step, params, opt_state = restored
     state = trainer.state_from(start_step, params, opt_state)
+    if staged and data_iter.step != start_step:
+      raise ValueError(f"Checkpoint step {start_step} holds the data position of step "
+                       f"{data_iter.step}; the checkpoint is inconsistent")
     print(f"Resuming from checkpoint step {start_step} in {model_dir}", flush=True)
   else:
     start_step = 0
@@ -327,12 +349,25 @@ def train(*,
     pending.clear()
     period_start, period_tokens = time.time(), 0.0
 
+  seqio_evaluator, seqio_eval_results = None, None
+
   def run_eval(at_step):
+    nonlocal seqio_evaluator, seqio_eval_results
     results = eval_lib.evaluate(model, state.params, eval_dataset_cfg, partitioner,
                                 max_batches=eval_batches)
     for task, r in results.items():
       logger.write("eval", at_step, {f"{task}/loss": r["loss"], f"{task}/perplexity": r["perplexity"]})
     print(eval_lib.format_table(results, at_step), flush=True)
+    if seqio_eval_names:
+      if seqio_evaluator is None:  # Built once: seqio caches the eval examples.
+        seqio_evaluator = eval_lib.SeqioEvaluation(
+            model, partitioner, seqio_eval_names, eval_dataset_cfg.batch_size,
+            eval_lib.seqio_sequence_length(eval_dataset_cfg))
+      metrics = seqio_evaluator.run(state.params, at_step)
+      for task, values in metrics.items():
+        logger.write("eval", at_step, {f"{task}/{k}": v for k, v in values.items()})
+      print(eval_lib.format_seqio_table(metrics, at_step), flush=True)
+      seqio_eval_results = metrics
     return results
 
   eval_results = None
@@ -340,6 +375,8 @@ def train(*,
     while step < total_steps:
       batch = partitioner.shard_batch(next(data_iter))
       state, metrics = trainer.train_step(state, batch)
+      if staged:  # Examples of the step's block that did not fit its rows (see data.py).
+        metrics = dict(metrics, data_dropped_examples=float(data_iter.last_dropped))
       step += 1
       pending.append((step, metrics))
       if step % log_period == 0 or step == total_steps:
@@ -369,13 +406,35 @@ def train(*,
       "tokens_per_second": run_tokens / max(time.time() - run_start, 1e-9),
       "checkpoint_steps": checkpointer.all_steps(),
       "eval": eval_results,
+      "seqio_eval": seqio_eval_results,
   }
   if jax.process_index() == 0:
     with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
-    print("Training summary: " + json.dumps({k: v for k, v in summary.items() if k != "eval"},
+    print("Training summary: " + json.dumps({k: v for k, v in summary.items() if k not in ("eval", "seqio_eval")},
                                            sort_keys=True), flush=True)
   return summary
+
+
+def write_mixture_schedule(data_iter, cfg, model_dir: str, total_steps: int) -> dict:
+  """Writes MODEL_DIR/mixture_schedule.json: the resolved stages, in the format that
+  `python -m pipelines.report --schedule=...` reads, plus how they were configured."""
+  from tasks import schedule as schedule_lib
+  import tasks
+  sched = data_iter.schedule
+  content = schedule_lib.schedule_to_json(
+      sched, total_steps=total_steps, seed=data_iter.seed, rows_per_host=data_iter.rows,
+      sequence_length=data_iter.length, mixture_or_task_name=cfg.mixture_or_task_name,
+      stages_config=[[start, dict(weights)] for start, weights in cfg.stages],
+      mean_example_tokens=sched.mean_example_tokens,
+      task_tiers={t: tasks.TASK_TIERS.get(t) for t in sched.tasks})
+  content = json.loads(json.dumps(content, sort_keys=True))
+  if jax.process_index() == 0:
+    path = os.path.join(model_dir, "mixture_schedule.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(content, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+  return content
 
 
 def main(argv):

@@ -79,6 +79,7 @@ class MixtureSchedule:
       raise ValueError(f"No positive mean example length for tasks {missing}.")
     self.stages = list(stages)
     self.examples_per_step = examples_per_step
+    self.mean_example_tokens = {t: float(mean_example_tokens[t]) for t in self.tasks}
     self._starts = starts
     self._cumulative = []
     for stage in stages:
@@ -142,13 +143,14 @@ def seqio_streams(
     split: str = "train",
     seed: int = 0,
     shard_info: Optional[seqio.ShardInfo] = None,
+    shuffle: bool = True,
 ) -> dict[str, Callable[[int], Iterator]]:
   """Stream factories over cached seqio tasks: repeated, shuffled with a fixed seed, sharded."""
 
   def factory(name):
     def stream(skip: int):
       ds = seqio.get_mixture_or_task(name).get_dataset(
-          sequence_length=sequence_length, split=split, use_cached=True, shuffle=True, seed=seed,
+          sequence_length=sequence_length, split=split, use_cached=True, shuffle=shuffle, seed=seed,
           shard_info=shard_info, num_epochs=None)
       return ds.skip(skip).as_numpy_iterator()
     return stream
@@ -166,6 +168,30 @@ def schedule_from_tasks(
     tokens, examples = mixtures.task_token_stats(task, split)
     lengths[task] = tokens / examples if examples else 0.0
   return MixtureSchedule(stages, examples_per_step, lengths)
+
+
+def measured_example_tokens(
+    task_names: Sequence[str],
+    sequence_length: Mapping[str, int],
+    split: str = "train",
+    seed: int = 0,
+    num_examples: int = 1000,
+) -> dict[str, float]:
+  """Mean ``targets`` length of each task's first ``num_examples`` examples, as streams read them.
+
+  The cached stats give tokens per *document*, but a stream yields chunks (with BOS and EOS):
+  when documents are longer than the sequence, a chunk is much shorter than a document, and
+  example rates from document means would miss the token shares by that factor. This reads the
+  examples (all of them for a small task), deterministically (fixed seed).
+  """
+  means = {}
+  for name in task_names:
+    ds = seqio.get_mixture_or_task(name).get_dataset(
+        sequence_length=sequence_length, split=split, use_cached=True, shuffle=True, seed=seed,
+        num_epochs=1)
+    lengths = [len(ex["targets"]) for ex in ds.take(num_examples).as_numpy_iterator()]
+    means[name] = float(np.mean(lengths)) if lengths else 0.0
+  return means
 
 
 def scheduled_dataset(
@@ -186,3 +212,84 @@ def scheduled_dataset(
 
   return tf.data.Dataset.from_generator(
       generate, output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+
+
+# ---- stages written with tiers, as gin configures them ----
+
+ALL_TASKS = "all"
+
+
+def stages_from_spec(
+    spec: Sequence[tuple[int, Mapping[str, float]]],
+    task_tokens: Mapping[str, int],
+    tiers: Mapping[str, str],
+) -> list[Stage]:
+  """Stages from ``[(start_step, {key: weight}), ...]`` where a key names a task, a tier or ``all``.
+
+  A tier's (or ``all``'s) weight is split among its tasks in proportion to their train tokens
+  (``task_tokens``), so ``{'high': 0.8, 'standard': 0.2}`` needs no list of tasks and
+  ``{'all': 1}`` is the natural token mixture (``gf_mixture``'s shares). A task may be reached
+  by one key only. Shares are normalised to sum to 1.
+  """
+  known_tiers = sorted(set(tiers.get(t) for t in task_tokens) - {None})
+  stages = []
+  for i, entry in enumerate(spec):
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], Mapping)):
+      raise ValueError(f"Stage {i} must be (start_step, {{task or tier: weight}}), got {entry!r}.")
+    start, weights = entry
+    shares: dict[str, float] = {}
+    for key, weight in sorted(weights.items()):
+      if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ValueError(f"Stage {i}: weight of {key!r} must be a number >= 0, got {weight!r}.")
+      if key == ALL_TASKS:
+        members = sorted(task_tokens)
+      elif key in task_tokens:
+        members = [key]
+      elif key in known_tiers:
+        members = sorted(t for t in task_tokens if tiers.get(t) == key)
+      else:
+        raise ValueError(f"Stage {i}: {key!r} is neither a task of the mixture "
+                         f"{sorted(task_tokens)}, a tier {known_tiers} nor {ALL_TASKS!r}.")
+      twice = sorted(set(members) & set(shares))
+      if twice:
+        raise ValueError(f"Stage {i}: tasks {twice} get a weight from more than one key.")
+      total = sum(task_tokens[t] for t in members)
+      for t in members:
+        shares[t] = weight * task_tokens[t] / total if total else 0.0
+    norm = sum(shares.values())
+    if norm <= 0:
+      raise ValueError(f"Stage {i} (start {start}) gives every task a zero weight.")
+    stages.append(Stage(int(start), {t: s / norm for t, s in sorted(shares.items()) if s > 0}))
+  return stages
+
+
+def default_examples_per_step(
+    schedule_stages: Sequence[Stage],
+    mean_example_tokens: Mapping[str, float],
+    capacity_tokens: int,
+    max_example_tokens: int,
+    fill: float = 0.8,
+) -> int:
+  """Examples per step whose expected tokens are ``fill`` of ``capacity_tokens`` in every stage.
+
+  The expected example length of a stage weights each task's mean (capped at
+  ``max_example_tokens``) by the probability that a slot picks that task.
+  """
+  worst = 0.0
+  for stage in schedule_stages:
+    rates = {t: w / mean_example_tokens[t] for t, w in stage.token_shares.items() if w > 0}
+    norm = sum(rates.values())
+    expected = sum(r / norm * min(mean_example_tokens[t], max_example_tokens)
+                   for t, r in rates.items())
+    worst = max(worst, expected)
+  return max(1, int(fill * capacity_tokens / worst))
+
+
+def schedule_to_json(schedule: MixtureSchedule, **extra) -> dict:
+  """The schedule in the format ``pipelines.report --schedule`` reads, plus ``extra`` keys."""
+  return {
+      "stages": [{"start_step": s.start_step, "token_shares": dict(sorted(s.token_shares.items()))}
+                 for s in schedule.stages],
+      "examples_per_step": schedule.examples_per_step,
+      **extra,
+  }

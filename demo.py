@@ -22,7 +22,9 @@ import time
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SAMPLE_WARCS = os.path.join(REPO_ROOT, "data", "sample", "*.warc.gz")
 
-DOC_STAGES = ("extract", "quality", "pii", "toxicity", "dedupe")
+# Stage name -> the directory holding its stats.json, in workflow order.
+STAT_DIRS = {"extract": "extract", "quality": "quality", "pii": "pii", "toxicity": "toxicity",
+             "dedupe": "dedupe", "train_tokenizer": "tokenizer", "tokenize": "data"}
 
 
 def _run(cmd: list[str], log_path: str) -> None:
@@ -75,8 +77,8 @@ def stage_commands(work_dir: str, args: argparse.Namespace) -> list[tuple[str, l
 def summarize(work_dir: str) -> dict:
   """Collects the numbers the demo promises: per-stage accounting, tokens, loss, perplexity."""
   summary: dict = {"stages": {}}
-  for stage in DOC_STAGES:
-    with open(os.path.join(work_dir, stage, "stats.json")) as f:
+  for stage, directory in STAT_DIRS.items():
+    with open(os.path.join(work_dir, directory, "stats.json")) as f:
       summary["stages"][stage] = json.load(f)
   with open(os.path.join(work_dir, "data", "sources.json")) as f:
     summary["sources"] = json.load(f)
@@ -103,10 +105,12 @@ def _read_train_metrics(model_dir: str) -> dict:
 
 def print_summary(summary: dict) -> None:
   print("\n=== gemma-forge demo summary ===")
-  print(f"{'stage':<10} {'in':>6} {'kept':>6} {'dropped':>8}  reasons")
+  print(f"{'stage':<16} {'in':>6} {'kept':>6} {'dropped':>8}  reasons")
   for stage, stats in summary["stages"].items():
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(stats["dropped"].items()))
-    print(f"{stage:<10} {stats['in']:>6} {stats['kept']:>6} {stats['dropped_total']:>8}  {reasons}")
+    print(f"{stage:<16} {stats['in']:>6} {stats['kept']:>6} {stats['dropped_total']:>8}  {reasons}")
+  tokens = summary["stages"]["tokenize"]
+  print(f"\ntokens written: {tokens['train_tokens']} train, {tokens['validation_tokens']} validation")
   print("\ntokens written per source:")
   for source, info in sorted(summary["sources"]["sources"].items()):
     print(f"  {source:<10} tier={info['tier']:<9} " + ", ".join(

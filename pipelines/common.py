@@ -56,6 +56,11 @@ def parse_stage_args(
   parser.add_argument(
       "--num_shards", type=int, default=4, help="Number of output shards of kept documents."
   )
+  parser.add_argument(
+      "--num_reject_shards", type=int, default=1,
+      help="Number of shards of rejected documents; raise it at scale (each shard is written by "
+      "one worker).",
+  )
   if add_args is not None:
     add_args(parser)
   args, beam_args = parser.parse_known_args(argv)
@@ -203,18 +208,20 @@ class WriteStageOutput(beam.PTransform):
   the stats file can state the accounting identity from independent counts.
   """
 
-  def __init__(self, directory: str, stage: str, num_shards: int, extra_stats=None):
+  def __init__(self, directory: str, stage: str, num_shards: int, extra_stats=None,
+               num_reject_shards: int = 1):
     super().__init__()
     self._directory = directory
     self._stage = stage
     self._num_shards = num_shards
+    self._num_reject_shards = num_reject_shards
     self._extra_stats = extra_stats
 
   def expand(self, pcolls):
     num_in, kept, rejects = pcolls["in"], pcolls["kept"], pcolls["rejects"]
     kept | "WriteKept" >> WriteSortedShards(self._directory, DOCS_PREFIX, self._num_shards)
     rejects | "WriteRejects" >> WriteSortedShards(
-        FileSystems.join(self._directory, REJECTS_DIR), REJECTS_TAG, 1
+        FileSystems.join(self._directory, REJECTS_DIR), REJECTS_TAG, self._num_reject_shards
     )
     counts = [
         num_in | "CountIn" >> beam.combiners.Count.Globally() | "TagIn" >> beam.Map(lambda n: ("in", n)),
@@ -317,7 +324,8 @@ def run_doc_stage(
       result = transform_fn(parsed.docs)
       rejects = (parsed[REJECTS_TAG], result[REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
       _ = {"in": inputs, "kept": result.kept, "rejects": rejects} | "Write" >> WriteStageOutput(
-          tmp_dir, stage, args.num_shards
+          tmp_dir, stage, args.num_shards,
+          num_reject_shards=getattr(args, "num_reject_shards", 1),
       )
   stats = read_stats(args.output_dir)
   logging.info("%s: %s", stage, json.dumps(stats, sort_keys=True))

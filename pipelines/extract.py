@@ -349,7 +349,8 @@ class ApplyLanguageFilter(beam.DoFn):
 
 
 def run(input_path: str, output_dir: str, num_shards: int, config: ExtractConfig,
-        source: str = "", options=None, html_to_text_fn=html_to_text) -> dict[str, Any]:
+        source: str = "", options=None, html_to_text_fn=html_to_text,
+        num_reject_shards: int = 1) -> dict[str, Any]:
   """Runs the job; ``html_to_text_fn(html, url) -> text`` replaces trafilatura if given."""
   files = warc_input_files(input_path)
   logging.info("%s: %d WARC files -> %s", STAGE, len(files), output_dir)
@@ -374,7 +375,7 @@ def run(input_path: str, output_dir: str, num_shards: int, config: ExtractConfig
           records[common.REJECTS_TAG], extracted[common.REJECTS_TAG], filtered[common.REJECTS_TAG]
       ) | "AllRejects" >> beam.Flatten()
       _ = {"in": inputs, "kept": filtered.kept, "rejects": rejects} | "Write" >> (
-          common.WriteStageOutput(tmp_dir, STAGE, num_shards))
+          common.WriteStageOutput(tmp_dir, STAGE, num_shards, num_reject_shards=num_reject_shards))
   return common.read_stats(output_dir)
 
 
@@ -386,7 +387,7 @@ def main(argv=None) -> dict[str, Any]:
 
   args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
   return run(args.input, args.output_dir, args.num_shards, config_from_args(ExtractConfig, args),
-             args.source, options)
+             args.source, options, num_reject_shards=args.num_reject_shards)
 
 
 if __name__ == "__main__":

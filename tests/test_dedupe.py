@@ -146,3 +146,14 @@ def test_minhash_is_deterministic_and_estimates_jaccard():
 def test_exact_hash_normalisation():
   assert dedupe.exact_hash("Hello,   World!\n") == dedupe.exact_hash("hello world")
   assert dedupe.exact_hash("hello world") != dedupe.exact_hash("hello word")
+
+
+def test_rejects_can_be_sharded(tmp_path):
+  docs, expected = planted_corpus()
+  inp = write_stage_dir(tmp_path / "in", docs)
+  stats = dedupe.main([f"--input={inp}", f"--output_dir={tmp_path / 'out'}", "--num_shards=2",
+                       "--num_reject_shards=3"])
+  shards = sorted((tmp_path / "out" / "rejects").glob("rejects-*.jsonl"))
+  assert [p.name for p in shards] == [f"rejects-{i:05d}-of-00003.jsonl" for i in range(3)]
+  rejects = [json.loads(l) for p in shards for l in p.read_text().splitlines()]
+  assert len(rejects) == stats["dropped_total"] == len(expected)

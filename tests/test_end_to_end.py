@@ -58,10 +58,14 @@ def test_every_stage_accounts_for_every_record(demo_run):
   _, summary = demo_run
   for stage, stats in summary["stages"].items():
     assert stats["in"] == stats["kept"] + sum(stats["dropped"].values()), stage
-  # Each stage reads exactly what the previous one kept.
-  stages = list(summary["stages"].values())
-  for before, after in zip(stages, stages[1:]):
-    assert after["in"] == before["kept"]
+  # Each document stage reads exactly what the previous one kept; the tokenizer and the tokenize
+  # job both read the deduplicated documents.
+  stages = summary["stages"]
+  order = ["extract", "quality", "pii", "toxicity", "dedupe"]
+  for before, after in zip(order, order[1:]):
+    assert stages[after]["in"] == stages[before]["kept"]
+  assert stages["train_tokenizer"]["in"] == stages["tokenize"]["in"] == stages["dedupe"]["kept"]
+  assert stages["tokenize"]["train_tokens"] > 0 and stages["tokenize"]["validation_tokens"] > 0
 
 
 def test_planted_pii_never_reaches_token_shards(demo_run, manifest):

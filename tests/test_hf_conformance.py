@@ -146,3 +146,30 @@ def test_greedy_generation_matches_hf_generate():
                                eos_token_id=list(decoding.DEFAULT_STOP_TOKENS), pad_token_id=0)
   theirs = theirs[:, prompts.shape[1]:].numpy()
   np.testing.assert_array_equal(np.asarray(ours)[:, :theirs.shape[1]], theirs)
+
+
+@pytest.mark.parametrize("name", ["mqa", "mha_wide_heads"])
+def test_logits_match_hf_at_positions_near_the_context_end(name):
+  """Positions offset to 8181..8191 (RoPE angles at the top of the 8192 context), one row also
+  left-padded with an attention mask."""
+  import torch
+  config = get_config(
+      "tiny", max_seq_len=8192, dtype="float32",
+      **{k: getattr(CONFIGS[name], k) for k in ("num_heads", "num_kv_heads", "head_dim")})
+  params = _random_params(config)
+  hf_model = _hf_model(config, hf_convert.to_hf_state_dict(params, config))
+  tokens, mask, positions = _batch(config)
+  positions = np.where(mask.astype(bool), positions + 8191 - positions.max(axis=1, keepdims=True), 0)
+  assert positions.max() == 8191 and positions[0, 0] == 8183
+  with torch.no_grad():
+    theirs = hf_model(input_ids=torch.from_numpy(tokens), attention_mask=torch.from_numpy(mask),
+                      position_ids=torch.from_numpy(positions)).logits.numpy()
+  ours = np.asarray(_our_logits(params, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32),
+                                jnp.asarray(mask, jnp.int32), config))
+  real = mask.astype(bool)
+  np.testing.assert_allclose(ours[real], theirs[real], atol=ATOL, rtol=0)
+  # The offset matters: the same tokens at positions 0.. give different logits.
+  at_start = np.asarray(_our_logits(params, jnp.asarray(tokens, jnp.int32),
+                                    jnp.asarray(_batch(config)[2], jnp.int32),
+                                    jnp.asarray(mask, jnp.int32), config))
+  assert np.abs(at_start[real] - ours[real]).max() > 1e-5  # well above float32 round-off

@@ -16,13 +16,23 @@ For each source ``S`` the job writes ``<data_dir>/cache/gf_<S>/`` exactly as seq
 
 A document goes to the validation split when ``stable_hash("split/" + id)`` falls below
 ``validation_fraction`` of the hash range, and to shard ``stable_hash("shard/" + id) % N``: both
-depend only on the id, so reruns, added sources and other documents never move a document. Hash
-assignment balances shards by expected size (the spread is reported in stats.json); every shard is
-written even if empty, sorted by id, so the files are byte-identical on rerun.
+depend only on the id, so reruns, added sources and other documents never move a document. Hashing
+balances the *number of documents* per shard, not their tokens: a shard's token total varies with
+the lengths of the documents it happens to get (relative spread about ``cv / sqrt(documents per
+shard)``, ``cv`` the coefficient of variation of document lengths), which is large for small data
+(the demo's train shards hold 8.7k-23k tokens) and small at scale. ``sources.json`` reports
+``max_shard_tokens``/``min_shard_tokens`` per split. Every shard is written even if empty, sorted by
+id, so the files are byte-identical on rerun.
 
 ``<data_dir>`` also gets a copy of the tokenizer (``tokenizer.model``), ``sources.json`` (per
-source: task name, quality tier, documents and tokens per split; the mixture rates come from it),
-``stats.json`` (``in == kept + dropped``), ``rejects/`` and ``_SUCCESS``.
+source: task name, quality tier, documents, tokens and ``chunks`` per split; the mixture rates come
+from it), ``stats.json`` (``in == kept + dropped``), ``rejects/`` and ``_SUCCESS``.
+
+``chunks`` maps a chunk length ``c`` to the number of examples the split yields when every document
+is cut into chunks of at most ``c`` tokens, ``sum(ceil(n / c))`` over its documents, for
+``c = L - 2`` with ``L`` in ``STANDARD_SEQUENCE_LENGTHS`` (room for BOS and EOS, as the Tasks cut
+them). seqio mixes *examples*, so ``tasks.mixtures`` needs it to turn token shares into exact rates
+at the training sequence length without reading the cache.
 """
 
 from __future__ import annotations
@@ -56,6 +66,9 @@ DEFAULT_TIERS = {"docs": "high"}
 DEFAULT_TIER = "standard"
 # The version of the cache format we write; seqio reads it from info.<split>.json.
 SEQIO_CACHE_VERSION = "0.0.20"
+# Sequence lengths whose chunk counts sources.json records (chunk length = L - 2, see above).
+STANDARD_SEQUENCE_LENGTHS = tuple(2**k for k in range(5, 16))  # 32 .. 32768
+STANDARD_CHUNK_LENGTHS = tuple(length - 2 for length in STANDARD_SEQUENCE_LENGTHS)
 FEATURES_INFO = {
     "id": {"dtype": "string", "shape": []},
     "targets": {"dtype": "int32", "shape": [None]},
@@ -73,6 +86,12 @@ def assign_split(doc_id: str, validation_fraction: float) -> str:
 
 def assign_shard(doc_id: str, num_shards: int) -> int:
   return common.stable_hash("shard/" + doc_id) % num_shards
+
+
+def count_chunks(lengths: Iterable[int], chunk_lengths: Sequence[int] = STANDARD_CHUNK_LENGTHS) -> dict[str, int]:
+  """``{str(c): sum(ceil(n / c))}``: examples that documents of ``lengths`` tokens give at chunk length c."""
+  lengths = list(lengths)
+  return {str(c): sum(-(-n // c) for n in lengths) for c in chunk_lengths}
 
 
 def cache_file(task_dir: str, split: str, shard: int, num_shards: int) -> str:
@@ -153,7 +172,10 @@ def write_tfrecord(path: str, records: Iterable[bytes]) -> None:
 
 
 class WriteShard(beam.DoFn):
-  """Writes one (task, split, shard) TFRecord file sorted by id; emits its counts per task."""
+  """Writes one (task, split, shard) TFRecord file sorted by id; emits its counts per task.
+
+  The counts include the shard's chunk counts (``count_chunks``), summed per split by ``FinishTask``.
+  """""
 
   def __init__(self, cache_dir: str, num_shards: dict[str, int]):
     self._cache_dir = cache_dir
@@ -173,6 +195,7 @@ class WriteShard(beam.DoFn):
         "documents": len(docs),
         "tokens": sum(lengths),
         "max_tokens": max(lengths),
+        "chunks": count_chunks(lengths),
     }
 
 
@@ -219,7 +242,9 @@ class FinishTask(beam.DoFn):
       info = {"features": FEATURES_INFO, "num_shards": num_shards, "seqio_version": SEQIO_CACHE_VERSION}
       _write_json(FileSystems.join(task_dir, f"info.{split}.json"), info)
       _write_json(FileSystems.join(task_dir, f"stats.{split}.json"), stats)
+      chunks = {str(c): sum(s["chunks"][str(c)] for s in mine) for c in STANDARD_CHUNK_LENGTHS}
       splits[split] = {
+          "chunks": chunks,
           "documents": stats["examples"],
           "tokens": stats["targets_tokens"],
           "max_tokens": stats["targets_max_tokens"],

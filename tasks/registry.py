@@ -10,8 +10,8 @@
   ``prepend_bos``, then seqio's ``append_eos``;
 * the output feature ``targets`` uses the data directory's SentencePiece model, ``add_eos=True``.
 
-The Mixture ``gf_mixture`` draws from the tasks in proportion to their train-split token counts
-(see ``tasks.mixtures``). Each task's quality tier is in ``TASK_TIERS``.
+The Mixture ``gf_mixture`` draws from the tasks in proportion to their train-split token counts,
+at whatever sequence length it is read (``tasks.mixtures.TokenShareMixture``). Each task's quality tier is in ``TASK_TIERS``.
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def register_data_dir(
           f"(found: {task.cache_dir}); rerun pipelines.tokenize."
       )
     TASK_TIERS[name] = entry["tier"]
+    if "train" in entry["splits"]:
+      mixtures.set_task_counts(name, entry["splits"]["train"], max_chunk_tokens)
     names.append(name)
 
   with_train = [name for name in names if "train" in seqio.TaskRegistry.get(name).splits]

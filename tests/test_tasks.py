@@ -2,7 +2,9 @@
 
 import collections
 import json
+import logging
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -22,10 +24,12 @@ LONG_ID = "00000000000000dd"
 def docs():
   rng = random.Random(3)
   out = []
-  for i in range(120):  # Many short web pages.
-    out.append({"id": f"{common.stable_hash(f'w{i}'):016x}", "source": "web", "text": make_text(rng, 1, 16)})
-  for i in range(20):  # Fewer, longer documentation pages.
-    out.append({"id": f"{common.stable_hash(f'd{i}'):016x}", "source": "docs", "text": make_text(rng, 4, 40)})
+  for i in range(150):  # Many short web pages (~20-150 tokens).
+    text = make_text(rng, rng.randint(1, 3), 16)
+    out.append({"id": f"{common.stable_hash(f'w{i}'):016x}", "source": "web", "text": text})
+  for i in range(20):  # Fewer, ~15x longer documentation pages (~500-2000 tokens).
+    text = make_text(rng, rng.randint(5, 20), 40)
+    out.append({"id": f"{common.stable_hash(f'd{i}'):016x}", "source": "docs", "text": text})
   out.append({"id": LONG_ID, "source": "docs", "text": "\n".join(make_text(rng, 1, 60) for _ in range(20))})
   return out
 
@@ -98,40 +102,129 @@ def test_split_into_chunks_rejects_impossible_lengths():
   assert preprocessors.chunk_length({"targets": 20}, 30) == 18
 
 
-def test_mixture_shares_follow_token_counts(data_dir):
-  path, _ = data_dir
-  sources = json.loads((path / "sources.json").read_text())["sources"]
-  tokens = {e["task"]: e["splits"]["train"]["tokens"] for e in sources.values()}
-  shares = tasks.MIXTURE_TOKEN_SHARES["gf_mixture"]
-  total = sum(tokens.values())
-  assert shares == pytest.approx({t: n / total for t, n in tokens.items()})
-  # seqio samples examples; the rates are set so that the realised *token* shares match.
-  ds = seqio.get_mixture_or_task("gf_mixture").get_dataset(
-      sequence_length={"targets": 1024}, split="train", use_cached=True, shuffle=True, seed=0,
+def draw_token_fractions(mixture, length, num_examples, seed=0):
+  """Content tokens per task of ``num_examples`` examples drawn through seqio, as the trainer draws."""
+  ds = seqio.get_mixture_or_task(mixture).get_dataset(
+      sequence_length={"targets": length}, split="train", use_cached=True, shuffle=True, seed=seed,
       passthrough_features=["id"])
   source = {d["id"]: f"gf_{d['source']}" for d in docs()}
-  realised = collections.Counter()
-  for ex in ds.take(3000).as_numpy_iterator():
-    realised[source[ex["id"].decode()]] += len(ex["targets"]) - 2
-  assert realised["gf_docs"] / sum(realised.values()) == pytest.approx(shares["gf_docs"], abs=0.04)
+  draws = np.zeros((num_examples, 2))  # Content tokens of each draw from gf_docs, gf_web.
+  for i, ex in enumerate(ds.take(num_examples).as_numpy_iterator()):
+    draws[i, ["gf_docs", "gf_web"].index(source[ex["id"].decode()])] = len(ex["targets"]) - 2
+  return draws
+
+
+def test_mixture_realises_token_shares_when_documents_are_chunked(data_dir):
+  path, _ = data_dir
+  sources = json.loads((path / "sources.json").read_text())["sources"]
+  train = {e["task"]: e["splits"]["train"] for e in sources.values()}
+  total = sum(c["tokens"] for c in train.values())
+  shares = tasks.MIXTURE_TOKEN_SHARES["gf_mixture"]
+  assert shares == pytest.approx({t: c["tokens"] / total for t, c in train.items()})
+  length = 64  # Chunks of 62 tokens: a gf_docs page gives ~8-30 examples, a gf_web page 1-3.
+  chunks = {t: c["chunks"][str(length - 2)] for t, c in train.items()}
+  per_doc = {t: chunks[t] / train[t]["documents"] for t in train}
+  assert per_doc["gf_docs"] > 4 * per_doc["gf_web"]
+
+  draws = draw_token_fractions("gf_mixture", length, 3000)
+  share = shares["gf_docs"]
+  realised = draws[:, 0].sum() / draws.sum()
+  # Standard error of a ratio of means over independent draws (delta method).
+  stderr = np.std(draws[:, 0] - share * draws.sum(axis=1)) / np.mean(draws.sum(axis=1)) / np.sqrt(len(draws))
+  assert stderr < 0.015
+  assert realised == pytest.approx(share, abs=4 * stderr)
+  # Rates from tokens per *document* (the old rule) would give gf_docs this token fraction:
+  # example rates ∝ share·documents/tokens, content tokens per example = tokens/chunks.
+  old = {t: shares[t] * train[t]["documents"] / chunks[t] for t in train}
+  old_fraction = old["gf_docs"] / sum(old.values())
+  assert abs(old_fraction - share) > 10 * stderr  # So the test would catch that bug.
+
+
+def test_mixture_rates_follow_the_sequence_length(data_dir):
+  mixture = seqio.get_mixture_or_task("gf_mixture")
+  assert isinstance(mixture, mixtures.TokenShareMixture)
+  shares = tasks.MIXTURE_TOKEN_SHARES["gf_mixture"]
+  counts = mixtures.TASK_COUNTS
+  for length in (64, 1024):
+    rates = mixture.rates({"targets": length})
+    for task, rate in rates.items():
+      expected = shares[task] * counts[task]["chunks"][str(length - 2)] / counts[task]["tokens"]
+      assert rate == pytest.approx(expected)
+  # No sequence length (no chunking): one example per document.
+  for task, rate in mixture.rates(None).items():
+    assert rate == pytest.approx(shares[task] * counts[task]["documents"] / counts[task]["tokens"])
+
+
+def task_doc_lengths(data_dir, task):
+  sources = {d["id"]: f"gf_{d['source']}" for d in docs()}
+  lengths = []
+  ds = seqio.get_mixture_or_task(task).get_dataset(None, split="train", use_cached=True, shuffle=False)
+  for ex in ds.as_numpy_iterator():
+    assert sources[ex["id"].decode()] == task
+    lengths.append(len(ex["targets"]) - 2)  # Without chunking: the document plus BOS and EOS.
+  return lengths
+
+
+def test_examples_at_is_exact_at_recorded_lengths_and_close_between(data_dir):
+  path, _ = data_dir
+  for task in ("gf_docs", "gf_web"):
+    lengths = task_doc_lengths(path, task)
+    counts = mixtures.TASK_COUNTS[task]
+    def true_count(c):
+      return sum(-(-n // c) for n in lengths)
+    assert mixtures.examples_at(counts, None) == len(lengths)
+    assert mixtures.examples_at(counts, 62) == true_count(62)
+    # The recorded count is what the Task really yields at that sequence length.
+    ds = seqio.get_mixture_or_task(task).get_dataset({"targets": 64}, split="train", use_cached=True,
+                                                     shuffle=False)
+    assert sum(1 for _ in ds.as_numpy_iterator()) == true_count(62)
+    assert mixtures.examples_at(counts, 1) == sum(lengths)
+    for c in (20, 45, 98, 200, 700, 3000, 20000, 10**6):  # Not recorded: interpolated.
+      lo, hi = max(k for k in (1, 30, 62, 126, 254, 510, 1022, 2046, 4094, 8190, 16382, 32766, 10**9) if k <= c), \
+          min(k for k in (30, 62, 126, 254, 510, 1022, 2046, 4094, 8190, 16382, 32766, 10**9) if k >= c)
+      estimate = mixtures.examples_at(counts, c)
+      assert true_count(hi) <= estimate <= true_count(lo)
+      assert estimate == pytest.approx(true_count(c), rel=0.1)
+
+
+def test_sources_json_without_chunk_counts_falls_back_with_a_warning(data_dir, tmp_path, caplog):
+  path, _ = data_dir
+  old = tmp_path / "old"
+  shutil.copytree(path, old)
+  record = json.loads((old / "sources.json").read_text())
+  for entry in record["sources"].values():
+    for split in entry["splits"].values():
+      del split["chunks"]
+  (old / "sources.json").write_text(json.dumps(record))
+  try:
+    tasks.register_data_dir(str(old))
+    shares = tasks.MIXTURE_TOKEN_SHARES["gf_mixture"]
+    with caplog.at_level(logging.WARNING):
+      rates = seqio.get_mixture_or_task("gf_mixture").rates({"targets": 64})
+    assert "gf_docs: sources.json has no chunk counts" in caplog.text
+    for task, rate in rates.items():  # The old rule: share / mean tokens per document.
+      counts = mixtures.TASK_COUNTS[task]
+      assert rate == pytest.approx(shares[task] * counts["documents"] / counts["tokens"])
+  finally:
+    tasks.register_data_dir(str(path))
 
 
 def test_trainer_path_packs_train_and_validation(data_dir):
-  length = 128
+  length = 256
   mixture = seqio.get_mixture_or_task("gf_mixture")
   for split in ("train", "validation"):
     ds = mixture.get_dataset(
         sequence_length={"targets": length}, split=split, shuffle=True, seed=1, use_cached=True,
         shard_info=seqio.ShardInfo(index=1, num_shards=2), num_epochs=1)
     packed = seqio.DecoderFeatureConverter(pack=True)(ds, {"targets": length})
-    batch = next(packed.batch(4).as_numpy_iterator())
+    batch = next(packed.batch(16).as_numpy_iterator())
     assert set(batch) == {"decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
                           "decoder_segment_ids", "decoder_positions"}
-    assert batch["decoder_target_tokens"].shape == (4, length)
+    assert batch["decoder_target_tokens"].shape == (16, length)
     targets, segments = batch["decoder_target_tokens"], batch["decoder_segment_ids"]
     starts = (batch["decoder_positions"] == 0) & (segments > 0)
     assert np.all(targets[starts] == 2)  # Every packed segment starts with BOS.
-    assert segments.max() > 1  # Several chunks were packed into one row.
+    assert segments.max() > 1  # Several chunks (short pages, documents' last chunks) share a row.
 
 
 def test_token_shares_temperature_and_caps():

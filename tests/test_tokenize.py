@@ -86,7 +86,7 @@ def test_tokens_ids_splits_and_stats_are_consistent(data_dir, tokenizer_path):
     task_dir = root / "data" / "cache" / entry["task"]
     for split in ("train", "validation"):
       num_shards = NUM_SHARDS if split == "train" else 1
-      split_tokens, split_docs, max_tokens = 0, 0, 0
+      split_tokens, split_docs, max_tokens, lengths = 0, 0, 0, []
       for shard in range(num_shards):
         records = read_records(str(task_dir / f"{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"))
         ids = [doc_id for doc_id, _ in records]
@@ -99,18 +99,29 @@ def test_tokens_ids_splits_and_stats_are_consistent(data_dir, tokenizer_path):
           assert tokenize.assign_split(doc_id, 0.2) == split
           assert tokenize.assign_shard(doc_id, num_shards) == shard
           split_tokens += len(tokens)
+          lengths.append(len(tokens))
           max_tokens = max(max_tokens, len(tokens))
         split_docs += len(records)
       stats = json.loads((task_dir / f"stats.{split}.json").read_text())
       assert stats == {"examples": split_docs, "targets_tokens": split_tokens, "targets_max_tokens": max_tokens}
       assert entry["splits"][split]["documents"] == split_docs
       assert entry["splits"][split]["tokens"] == split_tokens
+      # Examples per chunk length, for the mixture rates: sum of ceil(n / c) over the documents.
+      chunks = entry["splits"][split]["chunks"]
+      assert set(chunks) == {str(length - 2) for length in tokenize.STANDARD_SEQUENCE_LENGTHS}
+      assert chunks == {str(c): sum(-(-n // c) for n in lengths) for c in tokenize.STANDARD_CHUNK_LENGTHS}
   assert set(seen) == set(docs) - {"00000000000000aa", "00000000000000bb"}
   assert 0.05 < sum(s == "validation" for s in seen.values()) / len(seen) < 0.4
   assert sources["special_ids"] == {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
   assert sources["special_ids_match_gemma"] is True
   assert {s: e["tier"] for s, e in sources["sources"].items()} == {
       "docs": "high", "web": "standard", "my-site.org": "standard"}
+
+
+def test_count_chunks():
+  assert tokenize.count_chunks([1, 62, 63, 124, 125], [62, 126]) == {"62": 1 + 1 + 2 + 2 + 3, "126": 5}
+  assert tokenize.count_chunks([], [30]) == {"30": 0}
+  assert tokenize.STANDARD_CHUNK_LENGTHS[:3] == (30, 62, 126) and tokenize.STANDARD_CHUNK_LENGTHS[-1] == 32766
 
 
 def test_stats_account_for_every_record(data_dir):

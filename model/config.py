@@ -18,6 +18,13 @@ RELEASED_VOCAB_SIZE = 256000
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
+# What each decoder block keeps for the backward pass (`Block` under `nn.remat`):
+#   none                               everything (no rematerialisation; fastest, most memory)
+#   full                               only the block's input; the block is recomputed in backward
+#   dots_saveable                      matmul outputs (jax.checkpoint_policies.dots_saveable)
+#   dots_with_no_batch_dims_saveable   projection outputs but not the attention logits/probs
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
 
 @dataclasses.dataclass(frozen=True)
 class GemmaConfig:
@@ -33,6 +40,17 @@ class GemmaConfig:
   max_seq_len: int = 8192
   dtype: str = "bfloat16"  # Activation / compute dtype.
   param_dtype: str = "float32"
+  # Memory knobs. None of them changes the numbers the model computes (up to float summation
+  # order); they trade recomputation for memory so long sequences fit an accelerator.
+  remat_policy: str = "none"  # One of REMAT_POLICIES.
+  # Run the blocks as one lax.scan (parameters keep their per-layer layout; see Transformer).
+  scan_layers: bool = False
+  # Attention over query blocks of this many tokens, each block's logits/probs recomputed in the
+  # backward pass, so at most [heads, block, keys] probabilities live at once. None: one block.
+  attention_chunk_size: int | None = None
+  # DecoderOnlyModel's loss/scores compute logits + log-softmax for this many positions of a row
+  # at a time (recomputed in backward), never the whole [batch, length, vocab]. None: all at once.
+  loss_chunk_size: int | None = None
 
   def __post_init__(self):
     for name in ("num_layers", "embed_dim", "num_heads", "num_kv_heads",
@@ -46,6 +64,15 @@ class GemmaConfig:
           f"({self.num_kv_heads}) for grouped-query attention")
     if self.head_dim % 2:
       raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+    for name in ("attention_chunk_size", "loss_chunk_size"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"GemmaConfig.{name} must be a positive int or None, got {value!r}")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"GemmaConfig.scan_layers must be a bool, got {self.scan_layers!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"GemmaConfig.remat_policy must be one of {REMAT_POLICIES}, "
+                       f"got {self.remat_policy!r}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"GemmaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")

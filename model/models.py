@@ -11,6 +11,11 @@ output of seqio's `DecoderFeatureConverter` (all int32 [B, L]):
 
 Gemma 1 has no dropout, so `dropout_rng` is accepted for interface
 compatibility with t5x trainers and not used.
+
+Losses and scores are built from per-token statistics (`token_statistics`:
+logsumexp, target logit, logit sum, argmax hit). With config.loss_chunk_size
+they are computed for that many positions at a time (`map_chunks`), so the
+[B, L, V] float32 logits of a long sequence never exist at once.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 
 from model import decoding
 from model.config import GemmaConfig
+from model.modules import map_chunks
 from model.transformer import Transformer
 
 Batch = Mapping[str, Any]
@@ -30,34 +36,57 @@ Batch = Mapping[str, Any]
 _SAMPLING_METHODS = ("greedy", "temperature", "top_k", "top_p")
 
 
-def cross_entropy_with_logits(logits: jax.Array, soft_targets: jax.Array, z_loss: float):
-  """Per-token cross-entropy plus z_loss * log(Z)^2 (t5x semantics).
+def token_statistics(logits: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
+  """Per-token float32 [..] numbers the losses and scores are made of, from logits [.., V].
 
-  Returns (loss including the z-loss term, the z-loss term), both [..].
+    log_z          logsumexp of the logits
+    target_logit   the target's logit (log p(target) = target_logit - log_z)
+    sum_logits     sum over the vocab (label smoothing's uniform part)
+    correct        1.0 where the argmax is the target
   """
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  log_softmax = logits - log_z[..., None]
-  loss = -jnp.sum(soft_targets * log_softmax, axis=-1)
+  return {
+      "log_z": jax.nn.logsumexp(logits, axis=-1),
+      "target_logit": jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0],
+      "sum_logits": jnp.sum(logits, axis=-1),
+      "correct": (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32),
+  }
+
+
+def token_cross_entropy(stats: Mapping[str, jax.Array], vocab_size: int, label_smoothing: float = 0.0,
+                        z_loss: float = 0.0):
+  """Per-token (loss including the z-loss term, the z-loss term), t5x's semantics.
+
+  Label smoothing puts 1 - label_smoothing on the target and spreads the rest
+  evenly over the other vocab entries; the entropy of that distribution is
+  subtracted so a perfect prediction has loss 0. The soft-target sum is taken
+  in closed form (target part + uniform part), so no [.., V] one-hot is built.
+  z_loss adds z_loss * log_z^2.
+  """
+  confidence = 1.0 - label_smoothing
+  low_confidence = (1.0 - confidence) / (vocab_size - 1)
+  normalizing_constant = -(confidence * jnp.log(confidence)
+                           + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
+  log_z = stats["log_z"]
+  target_log_prob = stats["target_logit"] - log_z
+  loss = -target_log_prob
+  if label_smoothing:
+    sum_log_probs = stats["sum_logits"] - vocab_size * log_z
+    loss = -((confidence - low_confidence) * target_log_prob + low_confidence * sum_log_probs)
+  loss = loss - normalizing_constant
   total_z_loss = z_loss * jnp.square(log_z)
   return loss + total_z_loss, total_z_loss
 
 
 def compute_weighted_cross_entropy(logits, targets, weights=None, label_smoothing=0.0, z_loss=0.0,
                                    loss_normalizing_factor=None):
-  """Summed (loss, z_loss, weight_sum) over tokens, as t5x's function of the same name.
+  """Summed (loss, z_loss, weight_sum) over tokens, as t5x's function of the same name."""
+  stats = token_statistics(logits, targets)
+  return _weighted_sums(stats, logits.shape[-1], targets, weights, label_smoothing, z_loss,
+                        loss_normalizing_factor)
 
-  Label smoothing puts 1 - label_smoothing on the target and spreads the rest
-  evenly over the other vocab entries; the entropy of that distribution is
-  subtracted so a perfect prediction has loss 0.
-  """
-  vocab_size = logits.shape[-1]
-  confidence = 1.0 - label_smoothing
-  low_confidence = (1.0 - confidence) / (vocab_size - 1)
-  normalizing_constant = -(confidence * jnp.log(confidence)
-                           + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
-  soft_targets = jax.nn.one_hot(targets, vocab_size) * (confidence - low_confidence) + low_confidence
-  total_loss, total_z_loss = cross_entropy_with_logits(logits, soft_targets, z_loss)
-  total_loss = total_loss - normalizing_constant
+
+def _weighted_sums(stats, vocab_size, targets, weights, label_smoothing, z_loss, loss_normalizing_factor):
+  total_loss, total_z_loss = token_cross_entropy(stats, vocab_size, label_smoothing, z_loss)
   weight_sum = jnp.asarray(targets.size, jnp.float32)
   if weights is not None:
     total_loss = total_loss * weights
@@ -151,21 +180,41 @@ class DecoderOnlyModel:
                                   segment_ids)
     return logits
 
+  def token_statistics(self, params, batch: Batch) -> dict[str, jax.Array]:
+    """`token_statistics` of every target, float32 [B, L] each.
+
+    With config.loss_chunk_size the logits are computed for that many positions
+    at a time and recomputed in the backward pass (`map_chunks`), so the
+    [B, L, V] float32 logits never exist at once; the numbers are the same.
+    """
+    segment_ids, positions = segments_and_positions(batch)
+    hidden, _ = self.module.apply({"params": params}, jnp.asarray(batch["decoder_input_tokens"]), positions,
+                                  segment_ids, method=Transformer.hidden_states)
+    targets = jnp.asarray(batch["decoder_target_tokens"])
+
+    def chunk_statistics(hidden_chunk, targets_chunk):
+      logits = self.module.apply({"params": params}, hidden_chunk, method=Transformer.logits)
+      return token_statistics(logits, targets_chunk)
+
+    if self.config.loss_chunk_size is None:
+      return chunk_statistics(hidden, targets)
+    return map_chunks(chunk_statistics, (hidden, targets), self.config.loss_chunk_size)
+
   def loss_fn(self, params, batch: Batch, dropout_rng=None):
     """(scalar loss, metrics) for a training batch; see the module docstring for the batch."""
     del dropout_rng  # Gemma 1 has no dropout.
-    logits = self.logits(params, batch)
+    stats = self.token_statistics(params, batch)
     targets = jnp.asarray(batch["decoder_target_tokens"])
     weights = batch.get("decoder_loss_weights")
     weights = (targets > 0) if weights is None else jnp.asarray(weights)
     weights = weights.astype(jnp.float32)
-    loss, z_loss, weight_sum = compute_weighted_cross_entropy(
-        logits, targets, weights, self.label_smoothing, self.z_loss, self.loss_normalizing_factor)
+    loss, z_loss, weight_sum = _weighted_sums(stats, self.config.vocab_size, targets, weights, self.label_smoothing,
+                                              self.z_loss, self.loss_normalizing_factor)
     if self.loss_normalizing_factor is None:
       # Normalise by the number of weighted target tokens (guarding an all-padding batch).
       denominator = jnp.maximum(weight_sum, 1e-8)
       loss, z_loss = loss / denominator, z_loss / denominator
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    correct = stats["correct"]
     metrics = {
         "loss": loss,
         "cross_ent_loss": loss - z_loss,
@@ -178,12 +227,11 @@ class DecoderOnlyModel:
 
   def score_batch(self, params, batch: Batch) -> jax.Array:
     """float32 [B]: sum over tokens of log p(target) * decoder_loss_weights."""
-    logits = self.logits(params, batch)
+    stats = self.token_statistics(params, batch)
     targets = jnp.asarray(batch["decoder_target_tokens"])
     weights = batch.get("decoder_loss_weights")
     weights = (targets > 0) if weights is None else jnp.asarray(weights)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    token_scores = stats["target_logit"] - stats["log_z"]
     return jnp.sum(token_scores * weights.astype(jnp.float32), axis=-1)
 
   # ---------------------------------------------------------------- decoding

@@ -10,6 +10,11 @@ where it is used; every parameter carries logical axis names (t5x style:
 'vocab', 'embed', 'heads', 'kv_heads', 'kv', 'mlp') so a mesh + rules can shard
 it. 'kv_heads' is not in t5x's standard rules, so it is replicated unless the
 rules name it (the 2B model has a single key/value head, which cannot be split).
+
+Memory for long sequences: `config.attention_chunk_size` runs attention over
+blocks of queries (`map_chunks`), so only [heads, block, keys] probabilities
+exist at once and the backward pass recomputes them; every query row still sees
+its full softmax, so the result equals the one-block computation.
 """
 
 from __future__ import annotations
@@ -105,6 +110,55 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: int = ROPE_BASE_FREQUEN
   return rotated.astype(x.dtype)
 
 
+def dot_product_attention(query, key, value, mask):
+  """softmax(q k^T + mask) v with float32 logits and softmax.
+
+  Args:
+    query: [B, T, K, G, H] queries, already scaled.
+    key, value: [B, S, K, H].
+    mask: [B, T, S] bool, True where query t may attend key s.
+
+  Returns:
+    [B, T, K, G, H] in value's dtype.
+  """
+  logits = jnp.einsum("BTKGH,BSKH->BKGTS", query, key, preferred_element_type=jnp.float32)
+  logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+  return jnp.einsum("BKGTS,BSKH->BTKGH", probs, value)
+
+
+def map_chunks(fn, xs, chunk_size: int):
+  """fn over blocks of `chunk_size` positions along axis 1 of every array in `xs`, one at a time.
+
+  Same result as `fn(*xs)` when fn treats positions independently (each query row of an
+  attention, each token of a loss). The full blocks run in a `lax.map` (a sequential loop, so
+  only one block's intermediates exist at once) under `jax.checkpoint`: the backward pass
+  keeps just each block's inputs and recomputes its intermediates (attention probabilities,
+  vocab logits). A shorter last block, if any, is one more call. Outputs are concatenated
+  along axis 1.
+  """
+  length = xs[0].shape[1]
+  num_full = length // chunk_size
+  if length <= chunk_size:
+    return fn(*xs)
+  checkpointed = jax.checkpoint(fn)
+
+  def to_blocks(x):  # [B, n*C, ...] -> [n, B, C, ...]
+    x = x[:, :num_full * chunk_size]
+    return jnp.moveaxis(x.reshape((x.shape[0], num_full, chunk_size) + x.shape[2:]), 1, 0)
+
+  def from_blocks(y):  # [n, B, C, ...] -> [B, n*C, ...]
+    y = jnp.moveaxis(y, 0, 1)
+    return y.reshape((y.shape[0], num_full * chunk_size) + y.shape[3:])
+
+  outputs = jax.lax.map(lambda blocks: checkpointed(*blocks), tuple(to_blocks(x) for x in xs))
+  outputs = jax.tree.map(from_blocks, outputs)
+  if length % chunk_size:
+    tail = checkpointed(*(x[:, num_full * chunk_size:] for x in xs))
+    outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), outputs, tail)
+  return outputs
+
+
 class Attention(nn.Module):
   """Multi-head / grouped-query / multi-query attention with RoPE and an optional KV cache."""
 
@@ -150,10 +204,12 @@ class Attention(nn.Module):
 
     batch, length = query.shape[:2]
     query = query.reshape(batch, length, cfg.num_kv_heads, cfg.num_query_groups, cfg.head_dim)
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", query, key.astype(dtype), preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value.astype(dtype))
+    key, value = key.astype(dtype), value.astype(dtype)
+    attend = lambda q, m: dot_product_attention(q, key, value, m)
+    if cfg.attention_chunk_size is None:
+      encoded = attend(query, mask)
+    else:
+      encoded = map_chunks(attend, (query, mask), cfg.attention_chunk_size)
     encoded = encoded.reshape(batch, length, cfg.num_heads, cfg.head_dim)
     return jnp.einsum("BTNH,NHD->BTD", encoded, out_w.astype(dtype)), new_cache
 

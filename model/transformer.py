@@ -17,6 +17,12 @@ slots [index, index + T) and advances index by T: the prompt is "prefilled"
 with one call, then each generated token is one T=1 call. Rows with shorter
 prompts are left-padded (segment id 0 on the padding), and carry their own
 positions, so every row writes the same slot at every step.
+
+Rematerialisation: with `config.remat_policy` other than 'none', every block is
+wrapped in `nn.remat` (jax.checkpoint) with that policy, so the backward pass
+recomputes what the policy does not save instead of keeping every layer's
+activations. Parameter names and shapes are unchanged (layer_<i>), so
+checkpoints and the HF converter do not care.
 """
 
 from __future__ import annotations
@@ -27,6 +33,20 @@ import jax.numpy as jnp
 
 from model.config import GemmaConfig
 from model.modules import Block, Embedder, RMSNorm
+
+# config.remat_policy -> jax.checkpoint policy (None saves nothing but the block's inputs).
+_REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def block_class(config: GemmaConfig):
+  """`Block`, or `Block` under `nn.remat` with the config's policy."""
+  if config.remat_policy == "none":
+    return Block
+  return nn.remat(Block, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=True)
 
 
 def init_cache(config: GemmaConfig, batch_size: int, cache_len: int) -> dict:
@@ -64,11 +84,45 @@ class Transformer(nn.Module):
 
   def setup(self):
     self.embedder = Embedder(self.config)
-    self.layers = [Block(self.config, name=f"layer_{i}") for i in range(self.config.num_layers)]
+    block = block_class(self.config)
+    self.layers = [block(self.config, name=f"layer_{i}") for i in range(self.config.num_layers)]
     self.final_norm = RMSNorm(self.config)
 
   def __call__(self, tokens, positions, segment_ids=None, cache=None, decode=False):
-    """Returns (float32 logits [B, T, V], new cache or None).
+    """Returns (float32 logits [B, T, V], new cache or None); arguments as `hidden_states`."""
+    hidden, new_cache = self.hidden_states(tokens, positions, segment_ids, cache, decode)
+    return self.logits(hidden), new_cache
+
+  def _scan_blocks(self, x, positions, mask):
+    """The blocks as one `lax.scan` over their parameters, stacked on the fly.
+
+    Same computation as the Python loop, but the compiler sees one loop body, so the backward
+    pass provably runs one layer at a time (an unrolled loop lets a scheduler start every
+    layer's rematerialisation at once). The parameters stay `layer_<i>` (stacking copies them
+    once per step, a 1/num_layers-sized slice at a time is used).
+    """
+    layer_params = [self.layers[i].variables["params"] for i in range(self.config.num_layers)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *layer_params)
+    block = Block(self.config, parent=None)
+
+    def body(x, params):
+      x, _ = block.apply({"params": params}, x, positions, mask)
+      return x, None
+
+    if self.config.remat_policy != "none":
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.config.remat_policy], prevent_cse=False)
+    x, _ = jax.lax.scan(body, x, stacked)
+    return x
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """Final hidden states [B, T, D] -> float32 logits [B, T, V] (tied embedding)."""
+    return self.embedder.decode(hidden)
+
+  def hidden_states(self, tokens, positions, segment_ids=None, cache=None, decode=False):
+    """Returns (final-normed hidden states [B, T, D] in the compute dtype, new cache or None).
+
+    `DecoderOnlyModel` turns these into logits a chunk of positions at a time
+    (config.loss_chunk_size), so a loss never holds [B, L, V] float32 logits at once.
 
     Args:
       tokens: int32 [B, T] token ids.
@@ -113,12 +167,15 @@ class Transformer(nn.Module):
 
     x = self.embedder.encode(tokens)
     new_layers = {}
-    for i, block in enumerate(self.layers):
-      layer_cache = cache["layers"][f"layer_{i}"] if decode else None
-      x, new_layers[f"layer_{i}"] = block(x, positions, mask, layer_cache, index)
-    logits = self.embedder.decode(self.final_norm(x))
+    if cfg.scan_layers and not decode and not self.is_initializing():
+      x = self._scan_blocks(x, positions, mask)
+    else:
+      for i, block in enumerate(self.layers):
+        layer_cache = cache["layers"][f"layer_{i}"] if decode else None
+        x, new_layers[f"layer_{i}"] = block(x, positions, mask, layer_cache, index)
+    x = self.final_norm(x)
 
     if not decode:
-      return logits, None
+      return x, None
     new_cache = {"index": index + length, "segment_ids": key_segment_ids, "layers": new_layers}
-    return logits, new_cache
+    return x, new_cache

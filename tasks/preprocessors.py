@@ -1,9 +1,11 @@
-"""Small, pure seqio preprocessors applied after the cache: chunk long documents, prepend BOS.
+"""Small, pure seqio preprocessors applied after the cache: chunk long documents, BOS and EOS.
 
 The cache holds each document's tokens without BOS/EOS. A Task turns a document into examples
-``[BOS] chunk [EOS]``: ``split_into_chunks`` cuts the tokens into pieces that fit the training
-sequence length (so long documents are split, never truncated), ``prepend_bos`` adds BOS, and
-seqio's ``append_eos`` adds EOS (``Feature(add_eos=True)``).
+``[BOS] chunk`` and, for the document's last chunk, ``[BOS] chunk [EOS]``: ``split_into_chunks``
+cuts the tokens into pieces that fit the training sequence length (so long documents are split,
+never truncated) and ends only the last piece with EOS, so the model never learns that a document
+ends where a chunk boundary happens to fall; ``prepend_bos`` adds BOS to every chunk, as each
+packed segment must start with one.
 """
 
 from __future__ import annotations
@@ -44,27 +46,35 @@ def chunk_length(
 
 def split_into_chunks(
     dataset: tf.data.Dataset,
+    output_features: Mapping[str, seqio.Feature],
     sequence_length: Optional[Mapping[str, int]] = None,
     max_chunk_tokens: Optional[int] = None,
     feature: str = "targets",
 ) -> tf.data.Dataset:
-  """Splits ``feature`` into consecutive chunks of ``chunk_length(...)`` tokens, one example each.
+  """Splits ``feature`` into consecutive chunks of ``chunk_length(...)`` tokens, one example each,
+  and appends the vocabulary's EOS to the last chunk of each document only.
 
   Other features (e.g. the document ``id``) are copied to every chunk, so a chunk can be traced
-  back to its document. Concatenating the chunks of a document gives its tokens back.
+  back to its document. Concatenating the chunks of a document gives its tokens and EOS back.
+  The number of chunks is ``ceil(n / chunk_length)``, what the tokenize job records per source.
   """
+  eos_id = output_features[feature].vocabulary.eos_id
+  if eos_id is None or eos_id < 0:
+    raise ValueError(f"The vocabulary of '{feature}' has no EOS id.")
   length = chunk_length(sequence_length, max_chunk_tokens, feature)
-  if length is None:
-    return dataset
 
   def _split(ex):
     tokens = ex[feature]
     num_tokens = tf.size(tokens, out_type=tf.int64)
-    num_chunks = (num_tokens + length - 1) // length
+    size = num_tokens if length is None else tf.constant(length, tf.int64)
+    num_chunks = tf.maximum((num_tokens + size - 1) // tf.maximum(size, 1), 1)
+    eos = tf.constant([eos_id], dtype=tokens.dtype)
 
     def _chunk(i):
       chunk = dict(ex)
-      chunk[feature] = tokens[i * length:(i + 1) * length]
+      piece = tokens[i * size:(i + 1) * size]
+      chunk[feature] = tf.cond(
+          i == num_chunks - 1, lambda: tf.concat([piece, eos], axis=0), lambda: piece)
       return chunk
 
     return tf.data.Dataset.range(num_chunks).map(_chunk)

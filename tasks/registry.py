@@ -7,8 +7,9 @@
   ``<data_dir>/cache`` is put first among seqio's global cache directories);
 * post-cache preprocessors turn a document into examples ``[BOS] chunk [EOS]``:
   ``split_into_chunks`` (chunks fit ``sequence_length - 2``, or ``max_chunk_tokens``),
-  ``prepend_bos``, then seqio's ``append_eos``;
-* the output feature ``targets`` uses the data directory's SentencePiece model, ``add_eos=True``.
+  EOS on each document's last chunk only, then ``prepend_bos``;
+* the output feature ``targets`` uses the data directory's SentencePiece model (EOS is added by
+  ``split_into_chunks``, so ``add_eos=False``).
 
 The Mixture ``gf_mixture`` draws from the tasks in proportion to their train-split token counts,
 at whatever sequence length it is read (``tasks.mixtures.TokenShareMixture``). Each task's quality tier is in ``TASK_TIERS``.
@@ -102,7 +103,7 @@ def register_data_dir(
   cache_dir = os.path.join(data_dir, sources.get("cache_dir", "cache"))
   _use_cache_dir(cache_dir)
   vocabulary = get_vocabulary(data_dir)
-  output_features = {"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)}
+  output_features = {"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)}
 
   names = []
   for source, entry in sorted(sources["sources"].items()):
@@ -117,7 +118,6 @@ def register_data_dir(
             seqio.CacheDatasetPlaceholder(required=True),
             functools.partial(preprocessors.split_into_chunks, max_chunk_tokens=max_chunk_tokens),
             preprocessors.prepend_bos,
-            seqio.preprocessors.append_eos,
         ],
         shuffle_buffer_size=shuffle_buffer_size,
     )

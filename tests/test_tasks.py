@@ -71,12 +71,14 @@ def test_cached_dataset_chunks_documents_with_bos_and_eos(data_dir):
         sequence_length={"targets": length}, split=split, use_cached=True, shuffle=False)
     for ex in ds.as_numpy_iterator():
       targets = ex["targets"].tolist()
-      assert targets[0] == 2 and targets[-1] == 1 and 3 <= len(targets) <= length
-      assert 2 not in targets[1:-1] and 1 not in targets[1:-1]
-      chunks[ex["id"].decode()].append(targets[1:-1])
+      assert targets[0] == 2 and 2 <= len(targets) <= length  # Every chunk starts with BOS.
+      assert 2 not in targets[1:] and 1 not in targets[1:-1]
+      chunks[ex["id"].decode()].append(targets[1:])
   assert len(chunks) == 21
   for doc_id, parts in chunks.items():  # Chunks come in order and nothing is truncated.
-    assert sum(parts, []) == expected[doc_id]
+    # EOS ends the document's last chunk only; a middle chunk ends with the document's own text.
+    assert all(part[-1] != 1 for part in parts[:-1]) and parts[-1][-1] == 1
+    assert sum(parts, []) == expected[doc_id] + [1]
   assert len(chunks[LONG_ID]) == -(-len(expected[LONG_ID]) // (length - 2)) > 5
   with pytest.raises(ValueError, match="requires caching"):
     seqio.get_mixture_or_task("gf_docs").get_dataset({"targets": length}, use_cached=False)
@@ -162,6 +164,7 @@ def task_doc_lengths(data_dir, task):
   for ex in ds.as_numpy_iterator():
     assert sources[ex["id"].decode()] == task
     lengths.append(len(ex["targets"]) - 2)  # Without chunking: the document plus BOS and EOS.
+    assert ex["targets"][0] == 2 and ex["targets"][-1] == 1
   return lengths
 
 

@@ -103,7 +103,7 @@ def c4_clean_lines(text: str, config: QualityConfig) -> list[str]:
       continue
     if len(words) < config.c4_min_words_per_line:
       continue
-    if any(len(w) > config.c4_max_word_length for w in line.split()):
+    if max(map(len, line.split()), default=0) > config.c4_max_word_length:
       continue
     if config.c4_drop_javascript_lines and "javascript" in lower:
       continue
@@ -128,9 +128,9 @@ def gopher_quality_scores(text: str) -> dict[str, float]:
       "gopher_bullet_lines_frac": _frac(sum(l.startswith(BULLETS) for l in lines), len(lines)),
       "gopher_ellipsis_lines_frac": _frac(sum(l.endswith(ELLIPSES) for l in lines), len(lines)),
       "gopher_alpha_words_frac": _frac(
-          sum(any(c.isalpha() for c in t) for t in tokens), len(tokens)
+          sum(any(map(str.isalpha, t)) for t in tokens), len(tokens)
       ),
-      "gopher_stop_words": sum(w.lower() in STOP_WORDS for w in words),
+      "gopher_stop_words": sum(map(STOP_WORDS.__contains__, map(str.lower, words))),
   }
 
 
@@ -176,10 +176,11 @@ def _duplicates(pieces: Sequence[str]) -> tuple[int, int]:
 def _top_ngram_chars(words: Sequence[str], n: int) -> int:
   """Characters (summed word lengths) of all occurrences of the most frequent repeated n-gram."""
   counts = collections.Counter(text_utils.word_ngrams(words, n))
-  if not counts:
+  top = max(counts.values(), default=0)
+  if top <= 1:
     return 0
-  best_chars = max((c, sum(map(len, g)) * c) for g, c in counts.items())
-  return best_chars[1] if best_chars[0] > 1 else 0
+  # The most frequent n-gram; among equally frequent ones, the longest.
+  return top * max(sum(map(len, g)) for g, c in counts.items() if c == top)
 
 
 def _duplicated_ngram_chars(words: Sequence[str], lengths: Sequence[int], n: int) -> int:
@@ -187,17 +188,26 @@ def _duplicated_ngram_chars(words: Sequence[str], lengths: Sequence[int], n: int
 
   Like datatrove's Gopher implementation: the first occurrence of an n-gram is not counted, and
   after a repeat the scan jumps past it, so overlapping repeats are not counted twice.
+
+  Only positions whose n-gram also occurs earlier can be repeats; the scan goes from one such
+  position to the next, adding the n-grams it walks over to ``seen`` in one step.
   """
+  grams = text_utils.word_ngrams(words, n)
+  first = dict(zip(reversed(grams), range(len(grams) - 1, -1, -1)))  # n-gram -> first position.
+  if len(first) == len(grams):
+    return 0  # No n-gram occurs twice (the usual case).
   seen: set[tuple[str, ...]] = set()
   chars = i = 0
-  while i <= len(words) - n:
-    gram = tuple(words[i : i + n])
+  for position, gram in enumerate(grams):
+    if position < i or first[gram] == position:
+      continue  # Skipped after a repeat, or a first occurrence (never in ``seen``).
+    seen.update(grams[i:position])
     if gram in seen:
-      chars += sum(lengths[i : i + n])
-      i += n
+      chars += sum(lengths[position : position + n])
+      i = position + n
     else:
       seen.add(gram)
-      i += 1
+      i = position + 1
   return chars
 
 

@@ -47,4 +47,7 @@ def normalize_for_hash(text: str) -> str:
 
 def word_ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
   """All ``n``-grams of ``words`` (none if there are fewer than ``n`` words)."""
-  return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+  if n < 1:  # Degenerate sizes keep their literal meaning (empty or clipped slices).
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+  # zip of the n shifted lists builds every ``tuple(words[i : i + n])`` in C.
+  return list(zip(*(words[i:] for i in range(n))))

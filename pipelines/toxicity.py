@@ -51,6 +51,10 @@ SECOND_PERSON = frozenset(
 )
 HASH_DIM = 1 << 13
 MAX_TOKENS = 5000  # Hashed features of longer documents use their first MAX_TOKENS tokens.
+# Per-token results are memoised across documents (words repeat, Zipf) in two LRU caches of this
+# size: they hold the working vocabulary of web text and, full, take about 36 MiB together however
+# many documents a worker sees (measured in docs/benchmarks.md).
+WORD_CACHE_SIZE = 1 << 16
 
 _TOKEN_RE = re.compile(r"[\w*#@$!]+")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a",
@@ -76,16 +80,23 @@ def normalize_token(token: str) -> str:
   return token
 
 
+@functools.lru_cache(maxsize=WORD_CACHE_SIZE)
+def _token_of(raw: str) -> str:
+  """:func:`normalize_token`, with symbols stripped from tokens without letters ('' to skip)."""
+  token = normalize_token(raw)
+  if not any(ch.isalpha() for ch in token):
+    token = token.strip("*#@$!")
+  return token
+
+
 def tokens(text: str) -> list[str]:
   """Normalised tokens; runs of three or more single letters (``f u c k``) are joined."""
   out: list[str] = []
   run: list[str] = []
   for raw in _TOKEN_RE.findall(text):
-    token = normalize_token(raw)
-    if not any(ch.isalpha() for ch in token):
-      token = token.strip("*#@$!") or ""
-      if not token:
-        continue
+    token = _token_of(raw)
+    if not token:
+      continue
     if len(token) == 1 and token.isalpha():
       run.append(token)
       continue
@@ -108,11 +119,22 @@ def _forms(token: str) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Lexicon:
-  """Word lists: exact words, ``stem*`` prefixes and ``*stem`` suffixes, each with a category."""
+  """Word lists: exact words, ``stem*`` prefixes and ``*stem`` suffixes, each with a category.
+
+  ``prefixes`` and ``suffixes`` are sorted by stem; a token matching several stems gets the
+  category of the first. :meth:`category` finds it with dict look-ups of the token's own prefixes
+  and suffixes (``_prefix_of`` / ``_suffix_of``) instead of trying every stem.
+  """
 
   exact: dict[str, str]
   prefixes: tuple[tuple[str, str], ...]
   suffixes: tuple[tuple[str, str], ...]
+  _prefix_of: dict[str, str] = dataclasses.field(init=False, repr=False, compare=False)
+  _suffix_of: dict[str, str] = dataclasses.field(init=False, repr=False, compare=False)
+
+  def __post_init__(self):
+    object.__setattr__(self, "_prefix_of", dict(self.prefixes))
+    object.__setattr__(self, "_suffix_of", dict(self.suffixes))
 
   @classmethod
   def from_dir(cls, directory: str) -> "Lexicon":
@@ -148,12 +170,16 @@ class Lexicon:
     for form in _forms(token):
       if form in self.exact:
         return self.exact[form]
-      for stem, category in self.prefixes:
-        if form.startswith(stem):
+      # Stems that are prefixes of one form are prefixes of each other, so the first in sorted
+      # order is the shortest.
+      for end in range(len(form) + 1):
+        category = self._prefix_of.get(form[:end])
+        if category is not None:
           return category
-      for stem, category in self.suffixes:
-        if form.endswith(stem) and len(form) > len(stem):
-          return category
+      # Suffix stems of one form are not sorted by length: take the first in sorted order.
+      stems = [form[start:] for start in range(1, len(form) + 1) if form[start:] in self._suffix_of]
+      if stems:
+        return self._suffix_of[min(stems)]
     return None
 
   def _masked(self, token: str) -> str | None:
@@ -189,28 +215,60 @@ def _hash(feature: str) -> int:
   return zlib.crc32(feature.encode("utf-8")) % HASH_DIM
 
 
+@functools.lru_cache(maxsize=WORD_CACHE_SIZE)
+def _word_features(word: str) -> tuple[str | None, bytes]:
+  """A word's lexicon category and the hashed indices of its ``w:`` and ``c:`` 3-5-gram features.
+
+  The indices are kept as uint16 bytes (HASH_DIM <= 2**16): compact in the cache, and a
+  document's words join into one array with a single ``np.frombuffer``. ``lexicon()`` is loaded
+  once per process, so a cached category never goes stale.
+  """
+  padded = f" {word} "
+  indices = [_hash("w:" + word)]
+  for size in (3, 4, 5):
+    indices.extend(_hash("c:" + padded[j:j + size]) for j in range(len(padded) - size + 1))
+  return lexicon().category(word), np.array(indices, dtype=np.uint16).tobytes()
+
+
+def _floats(values) -> np.ndarray:
+  return np.array(list(values), dtype=np.float64)
+
+
+def _weighted_counts(indices: np.ndarray, weights: np.ndarray) -> np.ndarray:
+  """``[HASH_DIM]`` sums of ``weights`` per index (integer-valued: exact in float64)."""
+  totals = np.bincount(indices, weights=weights, minlength=HASH_DIM)
+  return totals.astype(np.float64, copy=False)  # bincount gives int64 zeros for no indices.
+
+
 def features(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """``(hashed indices, their L2-normalised values, dense lexicon features)`` of ``text``."""
+  """``(hashed indices, their L2-normalised values, dense lexicon features)`` of ``text``.
+
+  Counts are small integers, so adding a repeated word's or bigram's features once, weighted by
+  its count, gives exactly the values of adding them at every position.
+  """
   words = tokens(text)
-  lex = lexicon()
-  hits = collections.Counter(lex.category(w) for w in words)
+  word_counts = collections.Counter(words)
+  hits: collections.Counter[str | None] = collections.Counter()
+  for word, k in word_counts.items():
+    hits[_word_features(word)[0]] += k
   n = max(len(words), 1)
-  you = sum(w in SECOND_PERSON for w in words)
+  you = sum(k for word, k in word_counts.items() if word in SECOND_PERSON)
   dense = np.array(
       [math.log1p(100.0 * hits[c] / n) for c in CATEGORIES] + [math.log1p(100.0 * you / n)]
   )
-  counts: collections.Counter[int] = collections.Counter()
   head = words[:MAX_TOKENS]
-  for i, word in enumerate(head):
-    counts[_hash("w:" + word)] += 1
-    if i:
-      counts[_hash(f"b:{head[i - 1]} {word}")] += 1
-    padded = f" {word} "
-    for size in (3, 4, 5):
-      for j in range(len(padded) - size + 1):
-        counts[_hash("c:" + padded[j:j + size])] += 1
-  indices = np.array(sorted(counts), dtype=np.int64)
-  values = np.array([counts[i] for i in indices], dtype=np.float64)
+  head_counts = collections.Counter(head) if len(words) > MAX_TOKENS else word_counts
+  word_parts = [_word_features(word)[1] for word in head_counts]
+  word_totals = _weighted_counts(
+      np.frombuffer(b"".join(word_parts), dtype=np.uint16),
+      np.repeat(_floats(head_counts.values()), [len(p) // 2 for p in word_parts]))
+  bigram_counts = collections.Counter(zip(head, head[1:]))
+  bigram_totals = _weighted_counts(
+      np.array([_hash(f"b:{a} {b}") for a, b in bigram_counts], dtype=np.uint16),
+      _floats(bigram_counts.values()))
+  totals = word_totals + bigram_totals
+  indices = np.flatnonzero(totals)
+  values = totals[indices]
   if values.size:
     values /= np.linalg.norm(values)
   return indices, values, dense

@@ -189,3 +189,44 @@ def test_beam_stage_accounting_drop_and_rerun(tmp_path):
   first = _read_dir(tmp_path / "out")
   pii.main(argv)
   assert _read_dir(tmp_path / "out") == first
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+def _secrets_without_gates(text):
+  """Every secret pattern run on the whole text, no pre-checks (the reference)."""
+  found = []
+  for _, pattern in pii._SECRET_RES:
+    found += [(m.start(), m.end()) for m in pattern.finditer(text)]
+  found += [(m.start(1), m.end(1)) for m in pii._AWS_SECRET_RE.finditer(text)]
+  found += [(m.start(1), m.end(1)) for m in pii._ASSIGNMENT_RE.finditer(text)
+            if pii._looks_random(m.group(1))]
+  return sorted(found)
+
+
+_KEY_NAMES = [
+    "api_key", "api-key", "apikey", "APIKEY", "secret", "secret_key", "secret-key", "secretkey",
+    "client_secret", "client-secret", "access_token", "access-token", "auth_token", "auth-token",
+    "bearer", "token", "password", "passwd", "pwd", "DB_PASSWORD_PROD", "x.my-Token_2",
+    "SECRET_\u212aEY", "api_\u212aey", "\u017fecret", "pa\u017f\u017fword",  # Kelvin sign, long s.
+]
+
+
+@pytest.mark.parametrize("name", _KEY_NAMES)
+@pytest.mark.parametrize("template", ["{} = 'Zx9qL2mN8vB4cR7tY1w3'", '"{}": "Zx9qL2mN8vB4cR7tY1w3"',
+                                      "{}:Zx9qL2mN8vB4cR7tY1w3", "{}=\n  Zx9qL2mN8vB4cR7tY1w3"])
+def test_secret_pre_checks_never_skip_a_match(name, template):
+  text = "Config: " + template.format(name) + " end"
+  spans = [(m.start, m.end) for m in pii._find_secrets(text)]
+  assert spans == _secrets_without_gates(text)
+  assert spans == [(text.index("Zx9q"), text.index("Zx9q") + 20)]
+
+
+def test_secret_pre_checks_agree_with_full_scans_on_labelled_texts():
+  texts = [e.text for e in pii_data.positives(3) + pii_data.hard_negatives(2)]
+  texts += ["AWS secret: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "no keys here", ""]
+  for text in texts:
+    assert sorted((m.start, m.end) for m in pii._find_secrets(text)) == \
+        _secrets_without_gates(text), text
+  assert any(_secrets_without_gates(t) for t in texts)  # The check saw real secrets.

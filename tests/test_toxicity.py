@@ -112,3 +112,95 @@ def test_beam_stage_drops_toxic_documents(tmp_path):
   # A threshold of 1.0 keeps everything that parses.
   stats = toxicity.main(argv + ["--threshold=1.0"])
   assert stats["kept"] == 2 and stats["dropped"] == {"bad_record": 1}
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+def _scan_category(lex, token):
+  """The lexicon rule written as a plain scan over every stem in sorted order (the reference)."""
+  for form in toxicity._forms(token):
+    if form in lex.exact:
+      return lex.exact[form]
+    for stem, category in lex.prefixes:
+      if form.startswith(stem):
+        return category
+    for stem, category in lex.suffixes:
+      if form.endswith(stem) and len(form) > len(stem):
+        return category
+  return None
+
+
+def test_lexicon_lookup_takes_the_first_stem_in_sorted_order():
+  lex = toxicity.Lexicon(exact={"xhole": "mild"}, prefixes=(("ab", "mild"), ("abc", "slur")),
+                         suffixes=(("ahole", "obscene"), ("hole", "insult")))
+  assert lex.category("abcd") == "mild"  # Both prefixes fit: "ab" sorts first.
+  assert lex.category("xahole") == "obscene"  # Both suffixes fit: "ahole" sorts first (longer).
+  assert lex.category("yhole") == "insult"
+  assert lex.category("hole") is None  # A suffix stem must be shorter than the token.
+  assert lex.category("xhole") == "mild"  # Exact words come first.
+
+
+def test_lexicon_lookup_matches_a_scan_over_every_stem():
+  lex = toxicity.lexicon()
+  words = [w for w, _ in lex.prefixes + lex.suffixes] + list(lex.exact)
+  text = " ".join(sentences.sentences(sentences.EVAL_MODULES)[:200])
+  candidates = set(toxicity.tokens(text))
+  for w in words:  # Each stem alone, extended on either side, and cut short.
+    candidates.update({w, w + "ing", "un" + w, w[:-1], "x" + w + "s", w + w[-1] * 3})
+  for token in sorted(candidates):
+    if not any(ch in toxicity._MASK_CHARS for ch in token):
+      assert lex.category(token) == _scan_category(lex, token), token
+
+
+def _features_per_position(text):
+  """``features`` computed position by position, without any memoisation (the reference)."""
+  import collections
+  import math
+
+  words = toxicity.tokens(text)
+  hits = collections.Counter(toxicity.lexicon().category(w) for w in words)
+  n = max(len(words), 1)
+  you = sum(w in toxicity.SECOND_PERSON for w in words)
+  dense = np.array([math.log1p(100.0 * hits[c] / n) for c in toxicity.CATEGORIES]
+                   + [math.log1p(100.0 * you / n)])
+  counts = collections.Counter()
+  head = words[:toxicity.MAX_TOKENS]
+  for i, word in enumerate(head):
+    counts[toxicity._hash("w:" + word)] += 1
+    if i:
+      counts[toxicity._hash(f"b:{head[i - 1]} {word}")] += 1
+    padded = f" {word} "
+    for size in (3, 4, 5):
+      for j in range(len(padded) - size + 1):
+        counts[toxicity._hash("c:" + padded[j:j + size])] += 1
+  indices = np.array(sorted(counts), dtype=np.int64)
+  values = np.array([counts[i] for i in indices], dtype=np.float64)
+  if values.size:
+    values /= np.linalg.norm(values)
+  return indices, values, dense
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "!!! ### ***",
+    "you you you idiot idiot, f*ck f u c k off. The the the cat sat on the mat the mat.",
+    "Shut up, you fucking moron. Nobody wants you here, asshole. " * 3,
+    # Longer than MAX_TOKENS: hashed features use the head, lexicon densities every word.
+    "you " * 10 + "the quick brown fox jumps over the lazy dog " * 700 + "idiot " * 100,
+])
+def test_memoised_features_are_bit_identical_to_per_position_counting(text):
+  toxicity._word_features.cache_clear()
+  expected = _features_per_position(text)
+  for _ in range(2):  # Cold, then warm cache.
+    got = toxicity.features(text)
+    for g, e in zip(got, expected):
+      assert g.dtype == e.dtype and g.tobytes() == e.tobytes()
+
+
+def test_word_caches_are_bounded():
+  for cached in (toxicity._word_features, toxicity._token_of):
+    assert cached.cache_info().maxsize == toxicity.WORD_CACHE_SIZE
+  toxicity._word_features.cache_clear()
+  toxicity.score(" ".join(f"w{i}x" for i in range(3000)))
+  assert toxicity._word_features.cache_info().currsize == 3000

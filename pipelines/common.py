@@ -330,3 +330,13 @@ def run_doc_stage(
   stats = read_stats(args.output_dir)
   logging.info("%s: %s", stage, json.dumps(stats, sort_keys=True))
   return stats
+
+
+def run_dofn_stage(
+    stage: str, args: argparse.Namespace, options: PipelineOptions, label: str, dofn: beam.DoFn
+) -> dict[str, Any]:
+  """:func:`run_doc_stage` for the common case of one DoFn that keeps or rejects each document."""
+  return run_doc_stage(
+      stage, args, options,
+      lambda docs: docs | label >> beam.ParDo(dofn).with_outputs(REJECTS_TAG, main="kept"),
+  )

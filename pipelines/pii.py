@@ -507,13 +507,7 @@ def _add_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
   args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, _add_args)
   config = PiiConfig(args.max_hits, args.min_words_per_hit, args.density_min_hits)
-
-  def transform(docs):
-    return docs | "RedactPii" >> beam.ParDo(RedactPii(config)).with_outputs(
-        common.REJECTS_TAG, main="kept"
-    )
-
-  return common.run_doc_stage(STAGE, args, options, transform)
+  return common.run_dofn_stage(STAGE, args, options, "RedactPii", RedactPii(config))
 
 
 if __name__ == "__main__":

@@ -360,13 +360,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, _add_args)
   config = ToxicityConfig(args.threshold)
   classifier()  # Fail before the pipeline starts if the weights are missing or stale.
-
-  def transform(docs):
-    return docs | "ScoreToxicity" >> beam.ParDo(ScoreToxicity(config)).with_outputs(
-        common.REJECTS_TAG, main="kept"
-    )
-
-  return common.run_doc_stage(STAGE, args, options, transform)
+  return common.run_dofn_stage(STAGE, args, options, "ScoreToxicity", ScoreToxicity(config))
 
 
 if __name__ == "__main__":

@@ -52,9 +52,11 @@ def _batch(config):
   return tokens, mask, positions
 
 
-def _compare(params, hf_model, config):
+def _compare(params, hf_model, config, positions=None):
+  """Asserts our logits equal HF's on the real tokens of `_batch`; returns ours."""
   import torch
-  tokens, mask, positions = _batch(config)
+  tokens, mask, batch_positions = _batch(config)
+  positions = batch_positions if positions is None else positions
   with torch.no_grad():
     theirs = hf_model(input_ids=torch.from_numpy(tokens), attention_mask=torch.from_numpy(mask),
                       position_ids=torch.from_numpy(positions)).logits.numpy()
@@ -62,6 +64,7 @@ def _compare(params, hf_model, config):
                                 jnp.asarray(mask, jnp.int32), config))
   real = mask.astype(bool)
   np.testing.assert_allclose(ours[real], theirs[real], atol=ATOL, rtol=0)
+  return ours
 
 
 def _hf_model(config, state_dict=None, seed=0):
@@ -150,26 +153,18 @@ def test_greedy_generation_matches_hf_generate():
 
 @pytest.mark.parametrize("name", ["mqa", "mha_wide_heads"])
 def test_logits_match_hf_at_positions_near_the_context_end(name):
-  """Positions offset to 8181..8191 (RoPE angles at the top of the 8192 context), one row also
+  """Positions offset to 8183..8191 (RoPE angles at the top of the 8192 context), one row also
   left-padded with an attention mask."""
-  import torch
   config = get_config(
       "tiny", max_seq_len=8192, dtype="float32",
       **{k: getattr(CONFIGS[name], k) for k in ("num_heads", "num_kv_heads", "head_dim")})
   params = _random_params(config)
   hf_model = _hf_model(config, hf_convert.to_hf_state_dict(params, config))
-  tokens, mask, positions = _batch(config)
-  positions = np.where(mask.astype(bool), positions + 8191 - positions.max(axis=1, keepdims=True), 0)
-  assert positions.max() == 8191 and positions[0, 0] == 8183
-  with torch.no_grad():
-    theirs = hf_model(input_ids=torch.from_numpy(tokens), attention_mask=torch.from_numpy(mask),
-                      position_ids=torch.from_numpy(positions)).logits.numpy()
-  ours = np.asarray(_our_logits(params, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32),
-                                jnp.asarray(mask, jnp.int32), config))
-  real = mask.astype(bool)
-  np.testing.assert_allclose(ours[real], theirs[real], atol=ATOL, rtol=0)
+  _, mask, positions = _batch(config)
+  offset = np.where(mask.astype(bool), positions + 8191 - positions.max(axis=1, keepdims=True), 0)
+  assert offset.max() == 8191 and offset[0, 0] == 8183
+  ours = _compare(params, hf_model, config, positions=offset)
   # The offset matters: the same tokens at positions 0.. give different logits.
-  at_start = np.asarray(_our_logits(params, jnp.asarray(tokens, jnp.int32),
-                                    jnp.asarray(_batch(config)[2], jnp.int32),
-                                    jnp.asarray(mask, jnp.int32), config))
+  at_start = _compare(params, hf_model, config)
+  real = mask.astype(bool)
   assert np.abs(at_start[real] - ours[real]).max() > 1e-5  # well above float32 round-off

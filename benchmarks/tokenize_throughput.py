@@ -7,8 +7,10 @@ Without ``--input`` it writes synthetic documents (seeded, ~2 KB each) as a stag
 ``--tokenizer`` it trains one with ``pipelines.train_tokenizer``. The raw baseline encodes every
 text with one batched ``sp.encode`` call (what the DoFn does per batch); the Beam number is the
 whole job's wall time (read JSON, encode, group into shards, write TFRecords and stats) on the
-runner given by the Beam flags (DirectRunner by default). Both are run ``--repeats`` times,
-interleaved, and the medians are compared; it prints both rates and their ratio.
+runner given by the Beam flags (by default the DirectRunner in this process with one worker, so
+both sides are one process). Both sides give SentencePiece the same ``--encode_threads`` (-1, its
+default: one thread per core). Both are run ``--repeats`` times, interleaved, and the medians
+are compared; it prints both rates and their ratio.
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ def main(argv=None) -> dict:
   parser.add_argument("--input", help="Use this stage directory instead of synthetic documents.")
   parser.add_argument("--batch_size", type=int, default=256)
   parser.add_argument("--num_shards", type=int, default=4)
+  parser.add_argument("--encode_threads", type=int, default=-1, help="SentencePiece threads, both sides.")
   parser.add_argument("--repeats", type=int, default=3, help="Runs of each; medians are compared.")
   args, beam_args = parser.parse_known_args(argv)
-  options = PipelineOptions(beam_args or ["--runner=DirectRunner"])
+  options = PipelineOptions(beam_args or ["--runner=DirectRunner", "--direct_num_workers=1"])
 
   input_dir = args.input
   if input_dir is None:
@@ -98,13 +101,13 @@ def main(argv=None) -> dict:
   raw_times, beam_times = [], []
   for repeat in range(args.repeats):  # Interleaved, so that load from other processes hits both.
     start = time.perf_counter()
-    raw_tokens = sum(len(ids) for ids in sp.encode(texts))
+    raw_tokens = sum(len(ids) for ids in sp.encode(texts, num_threads=args.encode_threads))
     raw_times.append(time.perf_counter() - start)
 
     start = time.perf_counter()
     stats = tokenize.tokenize(
         input_dir, tokenizer, os.path.join(args.work_dir, "data"), num_shards=args.num_shards,
-        batch_size=args.batch_size, options=options,
+        batch_size=args.batch_size, num_threads=args.encode_threads, options=options,
     )
     beam_times.append(time.perf_counter() - start)
     beam_tokens = stats["train_tokens"] + stats["validation_tokens"]

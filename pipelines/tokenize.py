@@ -117,18 +117,26 @@ class EncodeDocs(beam.DoFn):
 
   Emits ``((task, split, shard), (id, source, num_tokens, serialized tf.train.Example))``;
   documents without a source or with no tokens go to the rejects output with their reason.
+  ``num_threads`` is SentencePiece's batch-encoding threads (-1: one per core, its default).
+  Counters are incremented once per batch: a ``Metrics`` call per document costs as much as
+  building its Example.
   """
 
-  def __init__(self, model_proto: bytes, validation_fraction: float, num_shards: dict[str, int]):
+  def __init__(
+      self, model_proto: bytes, validation_fraction: float, num_shards: dict[str, int], num_threads: int = -1
+  ):
     self._model_proto = model_proto
     self._validation_fraction = validation_fraction
     self._num_shards = num_shards
+    self._num_threads = num_threads
     self._sp = None
 
   def setup(self):
     self._sp = spm.SentencePieceProcessor()
     self._sp.LoadFromSerializedProto(self._model_proto)
+    self._to_example = ExampleSerializer()
     self._tokens = Metrics.counter(STAGE, "tokens")
+    self._kept = Metrics.counter(STAGE, "kept")
 
   def process(self, batch: list[common.Doc]):
     docs = []
@@ -138,31 +146,55 @@ class EncodeDocs(beam.DoFn):
         yield common.reject(STAGE, "no_source", doc)
       else:
         docs.append(doc)
-    for doc, tokens in zip(docs, self._sp.encode([d["text"] for d in docs])):
+    kept = num_tokens = 0
+    for doc, tokens in zip(docs, self._sp.encode([d["text"] for d in docs], num_threads=self._num_threads)):
       if not tokens:
         yield common.reject(STAGE, "empty_after_tokenize", doc)
         continue
       doc_id = str(doc["id"])
       split = assign_split(doc_id, self._validation_fraction)
       shard = assign_shard(doc_id, self._num_shards[split])
-      self._tokens.inc(len(tokens))
-      common.keep(STAGE, doc)
+      kept += 1
+      num_tokens += len(tokens)
       # The Example is serialized here so that only bytes travel through the shuffle.
-      yield (task_name(doc["source"]), split, shard), (doc_id, doc["source"], len(tokens), to_example(doc_id, tokens))
+      yield (task_name(doc["source"]), split, shard), (doc_id, doc["source"], len(tokens), self._to_example(doc_id, tokens))
+    self._kept.inc(kept)
+    self._tokens.inc(num_tokens)
 
 
 # ----------------------------------------------------------------------------- writing
 
 
+class ExampleSerializer:
+  """Serializes ``(id, tokens)`` as a ``tf.train.Example``, refilling one prebuilt message.
+
+  Refilling is ~2.5x faster than building a new message per document. Serialization is
+  ``deterministic``: without it the protobuf runtime writes the ``feature`` map in an order that
+  changes from process to process, so reruns could give different bytes. With it the entries are
+  sorted by key (``id``, then ``targets``). Not thread-safe: each DoFn instance owns one.
+  """
+
+  def __init__(self):
+    self._example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b""])),
+                "targets": tf.train.Feature(int64_list=tf.train.Int64List()),
+            }
+        )
+    )
+    self._id = self._example.features.feature["id"].bytes_list.value
+    self._targets = self._example.features.feature["targets"].int64_list.value
+
+  def __call__(self, doc_id: str, tokens: Sequence[int]) -> bytes:
+    self._id[0] = doc_id.encode("utf-8")
+    self._targets[:] = tokens
+    return self._example.SerializeToString(deterministic=True)
+
+
 def to_example(doc_id: str, tokens: Sequence[int]) -> bytes:
-  return tf.train.Example(
-      features=tf.train.Features(
-          feature={
-              "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc_id.encode("utf-8")])),
-              "targets": tf.train.Feature(int64_list=tf.train.Int64List(value=tokens)),
-          }
-      )
-  ).SerializeToString()
+  """One document's serialized Example (``ExampleSerializer`` for many)."""
+  return ExampleSerializer()(doc_id, tokens)
 
 
 def write_tfrecord(path: str, records: Iterable[bytes]) -> None:
@@ -281,9 +313,13 @@ def tokenize(
     tiers: dict[str, str] | None = None,
     default_tier: str = DEFAULT_TIER,
     batch_size: int = 256,
+    num_threads: int = -1,
     options: PipelineOptions | None = None,
 ) -> dict[str, Any]:
-  """Runs the job and returns its stats.json record."""
+  """Runs the job and returns its stats.json record.
+
+  ``num_threads`` is SentencePiece's threads per batch-encode call (-1: one per core).
+  """
   if not 0.0 <= validation_fraction < 1.0:
     raise common.StageError(f"--validation_fraction must be in [0, 1), got {validation_fraction}.")
   if num_shards < 1 or num_validation_shards < 1:
@@ -304,7 +340,7 @@ def tokenize(
       encoded = (
           parsed.docs
           | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-          | "Encode" >> beam.ParDo(EncodeDocs(model_proto, validation_fraction, shards)).with_outputs(
+          | "Encode" >> beam.ParDo(EncodeDocs(model_proto, validation_fraction, shards, num_threads)).with_outputs(
               common.REJECTS_TAG, main="kept"
           )
       )
@@ -392,6 +428,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Pipeline
     )
     parser.add_argument("--default_tier", default=DEFAULT_TIER, help="Tier of unlisted sources.")
     parser.add_argument("--batch_size", type=int, default=256, help="Documents per sp.encode call.")
+    parser.add_argument(
+        "--encode_threads", type=int, default=-1, help="SentencePiece threads per sp.encode call (-1: all cores)."
+    )
 
   return common.parse_stage_args(__doc__.split("\n")[0], argv, add_args)
 
@@ -408,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       tiers=parse_tiers(args.tiers),
       default_tier=args.default_tier,
       batch_size=args.batch_size,
+      num_threads=args.encode_threads,
       options=options,
   )
 

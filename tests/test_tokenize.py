@@ -166,3 +166,20 @@ def test_colliding_task_names_fail_the_job(tmp_path, tokenizer_path):
   with pytest.raises(Exception, match="gf_a_b"):
     run(input_dir, tokenizer_path, tmp_path / "data")
   assert not (tmp_path / "data").exists()
+
+
+def test_examples_serialize_deterministically():
+  """Map fields are written in a fixed order (``id`` before ``targets``), so the TFRecord bytes
+  are the same in every process, not only the parsed records."""
+  import tensorflow as tf
+
+  for doc_id, tokens in [("a", []), ("0123456789abcdef", [5, 300, 2**40]), ("é-ü", list(range(700)))]:
+    data = tokenize.to_example(doc_id, tokens)
+    fresh = tf.train.Example(features=tf.train.Features(feature={
+        "targets": tf.train.Feature(int64_list=tf.train.Int64List(value=tokens)),
+        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc_id.encode("utf-8")])),
+    }))
+    assert data == fresh.SerializeToString(deterministic=True)
+    assert data.index(b"\n\x02id") < data.index(b"\n\x07targets")
+    parsed = tf.train.Example.FromString(data).features.feature
+    assert list(parsed["targets"].int64_list.value) == tokens

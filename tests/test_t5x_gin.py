@@ -192,8 +192,15 @@ def t5x_standins(monkeypatch, tmp_path):
   gin.clear_config(clear_constants=True)
   for path in (tmp_path, REPO / "gin"):
     gin.add_config_file_search_path(str(path))
+  registered_before = {selector for selector, _ in gin.config._REGISTRY.items()}
   yield VOCAB_CALLS
   gin.clear_config(clear_constants=True)
+  # Dynamic registration left the stand-ins (e.g. `train_script.train`) in gin's global registry;
+  # remove them, or `train.model` in our own gin files becomes ambiguous for later tests.
+  for selector, _ in list(gin.config._REGISTRY.items()):
+    if selector not in registered_before:
+      configurable = gin.config._REGISTRY.pop(selector)
+      gin.config._INVERSE_REGISTRY.pop(configurable.wrapped, None)
 
 
 def test_pretrain_gemma_small_gin_builds_the_run(t5x_standins):

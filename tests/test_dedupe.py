@@ -2,12 +2,12 @@
 
 import importlib
 import json
-from pathlib import Path
 
 import pytest
 
 from pipelines import common
 from pipelines import dedupe
+from stage_dirs import read_out, write_stage_dir
 
 # Real English prose that ships with Python: module docstrings of the standard library.
 MODULES = ["argparse", "json", "subprocess", "unittest", "ftplib", "doctest", "ssl", "heapq",
@@ -29,15 +29,6 @@ def true_jaccard(a, b):
 
 def make_doc(doc_id, url, text):
   return {"id": doc_id, "url": url, "text": text, "source": "web", "lang": "en", "lang_score": 1.0}
-
-
-def write_stage_dir(path: Path, docs, extra_lines=(), success=True):
-  path.mkdir(parents=True)
-  lines = [common.dumps(d) for d in docs] + list(extra_lines)
-  (path / "docs-00000-of-00001.jsonl").write_text("\n".join(lines) + "\n")
-  if success:
-    (path / "_SUCCESS").write_text("")
-  return path
 
 
 def planted_corpus():
@@ -65,11 +56,6 @@ def test_planted_set_is_what_it_claims():
       orig = BASE[d["url"].rsplit("/", 1)[1]]
       assert true_jaccard(d["text"], orig) < 0.5
 
-
-def read_out(out):
-  kept = [json.loads(l) for p in sorted(Path(out).glob("docs-*.jsonl")) for l in p.read_text().splitlines()]
-  rejects = [json.loads(l) for l in (Path(out) / "rejects/rejects-00000-of-00001.jsonl").read_text().splitlines()]
-  return kept, rejects
 
 
 def test_near_duplicates_recall_and_precision(tmp_path):

@@ -1,12 +1,12 @@
 """Tests for pipelines.quality: Gopher quality/repetition rules, C4 cleaning, URL blocklist."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from pipelines import common
 from pipelines import quality
+from stage_dirs import read_out, write_stage_dir
 
 # Shaped like a Python documentation page after extraction: headings, prose, a list, code.
 DOCS_PAGE = "\n".join([
@@ -62,20 +62,6 @@ CASES = {
     "blocked_path": (make_doc("8" * 16, DOCS_PAGE, url="https://ok.example/ads/1"), "url_blocklist"),
 }
 
-
-def write_stage_dir(path: Path, docs, extra_lines=(), success=True):
-  path.mkdir(parents=True)
-  lines = [common.dumps(d) for d in docs] + list(extra_lines)
-  (path / "docs-00000-of-00001.jsonl").write_text("\n".join(lines) + "\n")
-  if success:
-    (path / "_SUCCESS").write_text("")
-  return path
-
-
-def read_out(out):
-  kept = [json.loads(l) for p in sorted(Path(out).glob("docs-*.jsonl")) for l in p.read_text().splitlines()]
-  rejects = [json.loads(l) for l in (Path(out) / "rejects/rejects-00000-of-00001.jsonl").read_text().splitlines()]
-  return kept, rejects
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from sentencepiece import sentencepiece_model_pb2
 
 from pipelines import common
 from pipelines import train_tokenizer
+from stage_dirs import write_stage_dir
 
 WORDS = (
     "the of and to in data model token beam pipeline gemma seqio train text web page quality "
@@ -42,22 +43,6 @@ def make_docs(n: int, seed: int = 0, sources=("web", "docs")) -> list[dict]:
        "url": f"https://example.com/{i}", "text": make_text(rng)}
       for i in range(n)
   ]
-
-
-def write_stage_dir(path, docs, num_shards: int = 1, extra_lines=()) -> str:
-  """Writes docs the way a document stage does (shards by id hash, sorted, _SUCCESS)."""
-  os.makedirs(path, exist_ok=True)
-  shards = [[] for _ in range(num_shards)]
-  for doc in docs:
-    shards[common.stable_hash(doc["id"]) % num_shards].append(doc)
-  for i, shard in enumerate(shards):
-    with open(common.shard_path(str(path), common.DOCS_PREFIX, i, num_shards), "w") as f:
-      for doc in sorted(shard, key=lambda d: d["id"]):
-        f.write(common.dumps(doc) + "\n")
-      for line in extra_lines if i == 0 else ():
-        f.write(line + "\n")
-  open(os.path.join(path, common.SUCCESS_MARKER), "w").close()
-  return str(path)
 
 
 def options():

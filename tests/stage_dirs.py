@@ -1,0 +1,33 @@
+"""Test helper: writes a document-stage directory the way a finished stage does."""
+
+import glob
+import json
+import os
+
+from pipelines import common
+
+
+def write_stage_dir(path, docs, num_shards: int = 1, extra_lines=(), success: bool = True) -> str:
+  """Shards `docs` by id hash, sorted by id, plus raw `extra_lines` (e.g. broken JSON) in shard 0;
+  writes `_SUCCESS` unless `success` is False (an unfinished stage)."""
+  os.makedirs(path, exist_ok=True)
+  shards = [[] for _ in range(num_shards)]
+  for doc in docs:
+    shards[common.stable_hash(doc["id"]) % num_shards].append(doc)
+  for i, shard in enumerate(shards):
+    with open(common.shard_path(str(path), common.DOCS_PREFIX, i, num_shards), "w") as f:
+      for doc in sorted(shard, key=lambda d: d["id"]):
+        f.write(common.dumps(doc) + "\n")
+      for line in extra_lines if i == 0 else ():
+        f.write(line + "\n")
+  if success:
+    open(os.path.join(path, common.SUCCESS_MARKER), "w").close()
+  return str(path)
+
+
+def read_out(out) -> tuple[list[dict], list[dict]]:
+  """The kept documents and the rejects a finished stage wrote to `out`, in file order."""
+  def records(pattern):
+    return [json.loads(line) for path in sorted(glob.glob(os.path.join(str(out), pattern)))
+            for line in open(path).read().splitlines()]
+  return records("docs-*.jsonl"), records("rejects/rejects-*.jsonl")

@@ -18,8 +18,27 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e .
 	touch $(STAMP)
 
+# Real t5x for the tests that drive it. The registry has no usable t5x (a 0.0.0 placeholder), no
+# airio, and a jestimator (0.3.3) that fails to import under jax 0.10, so these three come from
+# source at pinned commits, without their dependencies (their git pins would replace the project's;
+# what they need beside the project's pins is the `t5x` extra). From ../shared/vendor where it
+# exists (snapshots of the same commits), else from their public repositories.
+VENDOR := ../shared/vendor
+T5X_COMMIT := cc342d419ec3e3e9c4bf1df33c82330cafdc1e16
+AIRIO_COMMIT := 69897df7d9a427b947a9f7bb4164c7782b43e601
+JESTIMATOR_COMMIT := 326824a477feef6d92e6f44175000907a72899ca
+ifneq ($(wildcard $(VENDOR)/t5x-*.tar.gz),)
+T5X_SOURCES := $(wildcard $(VENDOR)/t5x-*.tar.gz) $(wildcard $(VENDOR)/airio-*.tar.gz) \
+	$(wildcard $(VENDOR)/jestimator-*.tar.gz)
+else
+T5X_SOURCES := "git+https://github.com/google-research/t5x@$(T5X_COMMIT)" \
+	"git+https://github.com/google/airio@$(AIRIO_COMMIT)" \
+	"git+https://github.com/google-research/jestimator@$(JESTIMATOR_COMMIT)"
+endif
+
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(T5X_SOURCES)
 	touch $(TEST_STAMP)
 
 # Runs the whole workflow on the bundled sample: WARC -> filtered text -> tokens -> trained Gemma.

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast fuzz-long venv clean
 
 venv: $(STAMP)
 
@@ -36,7 +36,23 @@ T5X_SOURCES := "git+https://github.com/google-research/t5x@$(T5X_COMMIT)" \
 	"git+https://github.com/google-research/jestimator@$(JESTIMATOR_COMMIT)"
 endif
 
-$(TEST_STAMP): $(STAMP)
+# Debian packages the tests read (tools/install_system_packages.sh says why each).
+SYSTEM_PACKAGES := chromium python3.11-doc debian-reference-en debian-reference-de \
+	debian-reference-fr debian-reference-es debian-reference-it
+
+# kfp (the Vertex AI Pipelines compiler and its local runner) pins requests differently from the
+# project, so it lives in its own environment, pinned by constraints-kfp.txt; the tests call it as
+# a subprocess (docs/workflow.md).
+KFP_STAMP := .venv-kfp/.installed
+$(KFP_STAMP): constraints-kfp.txt
+	test -x .venv-kfp/bin/python || $(PYTHON) -m venv .venv-kfp
+	.venv-kfp/bin/python -m pip install --quiet --upgrade "pip==26.3"
+	.venv-kfp/bin/python -m pip install --quiet -c constraints-kfp.txt kfp==2.17.3 \
+		google-cloud-pipeline-components==2.22.0
+	touch $(KFP_STAMP)
+
+$(TEST_STAMP): $(STAMP) $(KFP_STAMP)
+	bash tools/install_system_packages.sh $(SYSTEM_PACKAGES)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps $(T5X_SOURCES)
 	touch $(TEST_STAMP)
@@ -53,5 +69,10 @@ test: $(TEST_STAMP)
 test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# The fuzz suites at 10,000 examples per property (docs/reliability.md records the last run).
+fuzz-long: $(TEST_STAMP)
+	$(PY) -m pytest -q --hypothesis-profile=long tests/test_fuzz_crawl.py tests/test_fuzz_extract.py \
+		tests/test_fuzz_records.py
+
 clean:
-	rm -rf out $(VENV)
+	rm -rf out $(VENV) .venv-kfp

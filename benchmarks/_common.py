@@ -1,4 +1,6 @@
-"""Shared pieces of the model benchmarks: flags, configs, devices, timing, and the HF twin model.
+"""Shared pieces of the model benchmarks: flags, configs, devices, and the HF twin model.
+
+Timing is benchmarks/harness.py's job (paired, interleaved, pinned processes).
 
 Both benchmarks compare this project's Flax Gemma (JAX) with transformers'
 GemmaForCausalLM (PyTorch) computing the same function: the same config, the
@@ -21,9 +23,6 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -68,7 +67,8 @@ def build_config(name: str, overrides: dict, dtype: str) -> GemmaConfig:
   return get_config(base, **{**preset, **overrides, "dtype": dtype, "param_dtype": dtype})
 
 
-def add_common_flags(parser: argparse.ArgumentParser, batch_size: int, seq_len: int) -> None:
+def add_model_flags(parser: argparse.ArgumentParser, batch_size: int, seq_len: int) -> None:
+  """The model and input flags both model benchmarks take (the harness adds its own: --pairs, --threads...)."""
   parser.add_argument("--config", default="bench_100m",
                       help=f"model/config.py name or one of {sorted(PRESETS)} (default: %(default)s)")
   parser.add_argument("--override", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -76,15 +76,11 @@ def add_common_flags(parser: argparse.ArgumentParser, batch_size: int, seq_len: 
   parser.add_argument("--dtype", default="float32", choices=sorted(TOLERANCE))
   parser.add_argument("--batch_size", type=int, default=batch_size)
   parser.add_argument("--seq_len", type=int, default=seq_len)
-  parser.add_argument("--repeats", type=int, default=3, help="timed repeats per implementation; medians are reported")
-  parser.add_argument("--attn", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"],
-                      help="transformers attention implementations to run")
-  parser.add_argument("--threads", type=int, default=0,
-                      help="torch CPU threads; 0 = the usable cores, which is what XLA's CPU backend uses")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--json", default="", help="also write the results to this JSON file")
+  parser.add_argument("--name", default="", help="benchmark name (the result file's stem); default from the flags")
   parser.add_argument("--no_check", action="store_true",
                       help="time even if ours and transformers disagree (the difference is still printed)")
+  parser.add_argument("--smoke", action="store_true", help="allow fewer than harness.MIN_PAIRS rounds (tests)")
 
 
 def positive(args, *names) -> None:
@@ -97,7 +93,7 @@ def positive(args, *names) -> None:
 
 
 def usable_cores() -> int:
-  """Cores this process may run on (`taskset -c 0 python ...` makes it 1, for XLA's thread pool too)."""
+  """Cores this process may run on (the harness pins each side; XLA sizes its pool to match)."""
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -121,25 +117,6 @@ def release_torch(torch) -> None:
   gc.collect()
   if torch.cuda.is_available():
     torch.cuda.empty_cache()
-
-
-def timed(fn, sync) -> float:
-  """Seconds of one fn() call, synchronised with the device before and after (sync(result))."""
-  start = time.perf_counter()
-  sync(fn())
-  return time.perf_counter() - start
-
-
-def machine_description(torch, torch_device) -> str:
-  jax_device = jax.devices()[0]
-  torch_name = torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu"
-  return (f"jax {jax.__version__} on {jax_device.platform} ({jax_device.device_kind}); "
-          f"torch {torch.__version__} on {torch_name} with {torch.get_num_threads()} CPU threads; "
-          f"{usable_cores()} of {os.cpu_count()} CPU cores usable")
-
-
-def median(values) -> float:
-  return statistics.median(values)
 
 
 # ---------------------------------------------------------------- models
@@ -197,22 +174,3 @@ def check_close(what: str, diff: float, dtype: str, enabled: bool) -> None:
   if enabled and not diff <= tolerance:
     raise SystemExit(f"{what} differ by {diff:.3g} > {tolerance:g}: the two models do not compute the same "
                      "function, so timing them would be meaningless (pass --no_check to time anyway)")
-
-
-# ---------------------------------------------------------------- reporting
-
-
-def print_table(title: str, columns: list[str], rows: list[list]) -> None:
-  widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
-  print(f"\n{title}")
-  print(" | ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
-  print("-+-".join("-" * w for w in widths))
-  for row in rows:
-    print(" | ".join(str(v).ljust(w) for v, w in zip(row, widths)))
-
-
-def write_json(path: str, results: dict) -> None:
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)

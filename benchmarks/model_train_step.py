@@ -1,198 +1,184 @@
-"""Training-step tokens/s of our Flax Gemma (jax.jit) against transformers' GemmaForCausalLM (PyTorch).
+"""Training-step time of our Flax Gemma (jax.jit) against transformers' GemmaForCausalLM, paired.
 
     python -m benchmarks.model_train_step [--config=bench_100m] [--override FIELD=VALUE ...]
-        [--dtype=float32|bfloat16] [--batch_size=2] [--seq_len=128] [--steps=3] [--warmup=2]
-        [--repeats=3] [--optimizer=adamw|sgd] [--attn eager sdpa] [--threads=0] [--json=out.json]
+        [--dtype=float32|bfloat16] [--batch_size=2] [--seq_len=128] [--optimizer=adamw|sgd]
+        [--peers eager sdpa compile] [--pairs=7] [--warmup=2] [--threads=1] [--cpus=1] [--result=PATH]
 
-One step = forward + backward + optimizer update on a fixed batch of random
-tokens [batch, seq_len + 1] (inputs = all but the last, targets = all but the
-first; mean next-token cross-entropy over batch * seq_len tokens).
+One run = one training step: forward + backward + optimizer update on a fixed batch of random
+tokens [batch, seq_len + 1] (inputs = all but the last, targets = all but the first; mean
+next-token cross-entropy over batch * seq_len tokens). Sides (each in its own pinned worker
+process, interleaved by benchmarks/harness.py):
 
-  ours:          jax.jit(value_and_grad(DecoderOnlyModel.loss_fn) + optax update), params and
-                 optimizer state donated; compiled ahead of time, compile time reported apart.
-  transformers:  model(input_ids).logits -> float32 cross-entropy -> loss.backward() ->
-                 torch.optim step -> zero_grad, once per attention implementation (eager, sdpa).
+  ours                       jax.jit(value_and_grad(DecoderOnlyModel.loss_fn) + optax update),
+                             params and optimizer state donated, compiled ahead of time.
+  ours[unfolded]             the same with the projections as [B, T] einsums, as before
+                             model.modules.token_einsum (--variants unfolded).
+  transformers[eager|sdpa]   model(input_ids).logits -> float32 cross-entropy -> backward ->
+                             torch.optim step -> zero_grad(set_to_none).
+  transformers[sdpa+compile] the same step with the model under torch.compile (inductor).
 
-Both start from the same weights and take the same optimizer (AdamW with equal
-hyper-parameters, or SGD), so their loss after step 0 (the forward pass) and
-after step 1 (gradients + update) must agree; the differences are printed and
-the benchmark stops if step 0's exceeds the dtype's tolerance. Each side runs
-`--warmup` untimed steps, then `--repeats` x `--steps` timed steps, each
-synchronised with its device; tokens/s = batch * seq_len / median step time.
-Implementations run one after another (transformers first, so torch can hand
-its GPU memory back before JAX allocates). Prints a table and one
-`ratio train_step tokens/s ours/transformers[<attn>] = X` line per attention.
+All start from the same weights and take the same optimizer (AdamW with equal hyper-parameters,
+or SGD); every run returns its loss, so the loss of step 0 (forward pass) and of step 1 (after
+one update: gradients + optimizer) are compared across sides before any figure is trusted.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import time
 
-from benchmarks import _common  # Sets JAX's GPU memory policy before jax starts.
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from model.models import DecoderOnlyModel  # noqa: E402
+from benchmarks import _common, harness
 
 ADAMW = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
+PEERS = {"eager": ("eager", False), "sdpa": ("sdpa", False), "compile": ("sdpa", True)}
 
 
-def random_tokens(config, batch_size: int, seq_len: int, seed: int) -> np.ndarray:
+def random_tokens(config, batch_size: int, seq_len: int, seed: int):
   """int32 [B, seq_len + 1]: BOS then uniform non-special ids (no 0, so every target counts)."""
+  import numpy as np
   rng = np.random.default_rng(seed + 1)
   tokens = rng.integers(3, config.vocab_size, size=(batch_size, seq_len + 1)).astype(np.int32)
   tokens[:, 0] = 2
   return tokens
 
 
-def optax_optimizer(name: str, learning_rate: float):
-  if name == "adamw":
-    return optax.adamw(learning_rate, **ADAMW)
-  return optax.sgd(learning_rate)
+def _unfold_tokens(equation, x, w, **kwargs):
+  """model.modules.token_einsum as it was before: the einsum over [B, T] (for --variants unfolded)."""
+  import jax.numpy as jnp
+  return jnp.einsum(equation.replace("M", "BT"), x, w, **kwargs)
 
 
-def torch_optimizer(name: str, learning_rate: float, parameters, torch):
-  if name == "adamw":
-    return torch.optim.AdamW(parameters, lr=learning_rate, betas=(ADAMW["b1"], ADAMW["b2"]), eps=ADAMW["eps"],
-                             weight_decay=ADAMW["weight_decay"])
-  return torch.optim.SGD(parameters, lr=learning_rate)
+def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learning_rate: float, seed: int,
+              variant: str = ""):
+  """Worker factory: our jitted step; run() does one step and returns its loss.
 
+  variant "unfolded" replaces modules.token_einsum by the [B, T] einsum it replaced, so one paired
+  run shows what folding the token axes bought.
+  """
+  import jax
+  import optax
+  from model import modules
+  from model.models import DecoderOnlyModel
 
-def run_steps(step, warmup: int, repeats: int, steps: int, sync):
-  """Runs warmup + repeats * steps calls of step(); returns (losses as floats, first-call s, timed step s)."""
-  losses, times = [], []
-  for i in range(warmup + repeats * steps):
-    start = time.perf_counter()
-    loss = step()
-    sync(loss)
-    times.append(time.perf_counter() - start)
-    losses.append(loss)
-  return [float(loss) for loss in losses], times[0], times[warmup:]
+  if variant == "unfolded":
+    modules.token_einsum = _unfold_tokens
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r}")
 
-
-def bench_ours(config, params, tokens, args):
-  """(losses, compile s, first step s, timed step s) of the jitted JAX/optax step."""
-  model = DecoderOnlyModel(config)
-  optimizer = optax_optimizer(args.optimizer, args.learning_rate)
+  config = _common.build_config(**model)
+  params = jax.device_put(_common.random_params(config, seed))
+  tokens = random_tokens(config, batch_size, seq_len, seed)
+  opt = optax.adamw(learning_rate, **ADAMW) if optimizer == "adamw" else optax.sgd(learning_rate)
+  decoder = DecoderOnlyModel(config)
   batch = {"decoder_input_tokens": jax.device_put(tokens[:, :-1]),
            "decoder_target_tokens": jax.device_put(tokens[:, 1:])}
-  params = jax.device_put(params)
-  opt_state = optimizer.init(params)
 
-  def loss_only(p, b):
-    return model.loss_fn(p, b)[0]
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(loss_only)(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    loss, grads = jax.value_and_grad(lambda p: decoder.loss_fn(p, batch)[0])(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
+  state = [params, opt.init(params)]
+  import time
   start = time.perf_counter()
-  compiled = train_step.lower(params, opt_state, batch).compile()
+  compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(*state, batch).compile()
   compile_s = time.perf_counter() - start
-  state = {"params": params, "opt_state": opt_state}
 
-  def step():
-    state["params"], state["opt_state"], loss = compiled(state["params"], state["opt_state"], batch)
-    return loss
+  def run():
+    state[0], state[1], loss = compiled(state[0], state[1], batch)
+    return float(loss)  # Also waits for the step.
 
-  losses, first_s, times = run_steps(step, args.warmup, args.repeats, args.steps, jax.block_until_ready)
-  del state
-  return losses, compile_s, first_s, times
+  return run, {"compile_s": compile_s, "num_params": sum(int(x.size) for x in jax.tree.leaves(params))}
 
 
-def bench_hf(config, state_dict, tokens, attn, args, torch, device):
-  """(losses, first step s, timed step s) of transformers' eager PyTorch step."""
-  model = _common.hf_twin(config, state_dict, attn, torch, device).train()
-  optimizer = torch_optimizer(args.optimizer, args.learning_rate, model.parameters(), torch)
+def hf_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learning_rate: float, seed: int,
+            attn: str, compile: bool):
+  """Worker factory: transformers' step (optionally torch.compile'd); run() returns its loss."""
+  import numpy as np
+  import torch
+
+  config = _common.build_config(**model)
+  params = _common.random_params(config, seed)
+  torch_mod, device = _common.setup_torch(0)
+  hf = _common.hf_twin(config, _common.hf_state_dict(config, params, torch), attn, torch, device).train()
+  del params
+  if optimizer == "adamw":
+    opt = torch.optim.AdamW(hf.parameters(), lr=learning_rate, betas=(ADAMW["b1"], ADAMW["b2"]), eps=ADAMW["eps"],
+                            weight_decay=ADAMW["weight_decay"])
+  else:
+    opt = torch.optim.SGD(hf.parameters(), lr=learning_rate)
+  tokens = random_tokens(config, batch_size, seq_len, seed)
   inputs = torch.from_numpy(tokens[:, :-1].astype(np.int64)).to(device)
   targets = torch.from_numpy(tokens[:, 1:].astype(np.int64)).to(device)
+  forward = torch.compile(hf) if compile else hf
 
-  def step():
-    logits = model(input_ids=inputs).logits
+  def run():
+    logits = forward(input_ids=inputs).logits
     loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
     loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    _common.torch_sync(torch, device)
+    return float(loss.detach())
 
-  losses, first_s, times = run_steps(step, args.warmup, args.repeats, args.steps,
-                                     lambda _: _common.torch_sync(torch, device))
-  del model, optimizer
-  _common.release_torch(torch)
-  return losses, first_s, times
+  return run, {"attn_implementation": attn, "torch_compile": compile}
+
+
+def sides(args) -> list:
+  model = {"name": args.config, "overrides": _common.parse_overrides(args.override), "dtype": args.dtype}
+  common = dict(model=model, batch_size=args.batch_size, seq_len=args.seq_len, optimizer=args.optimizer,
+                learning_rate=args.learning_rate, seed=args.seed)
+  out = [harness.Side("ours", "benchmarks.model_train_step:ours_side", common)]
+  for variant in args.variants:
+    out.append(harness.Side(f"ours[{variant}]", "benchmarks.model_train_step:ours_side", {**common, "variant": variant}))
+  for peer in args.peers:
+    attn, compile = PEERS[peer]
+    name = f"transformers[{attn}{'+compile' if compile else ''}]"
+    out.append(harness.Side(name, "benchmarks.model_train_step:hf_side", {**common, "attn": attn, "compile": compile}))
+  return out
+
+
+def check_losses(result: dict, dtype: str, enforce: bool) -> None:
+  """Step-0 (and in float32 step-1) losses of every peer against ours."""
+  losses = {name: side["warmup_values"] + side["values"] for name, side in result["sides"].items()}
+  for name, values in losses.items():
+    if name == "ours":
+      continue
+    _common.check_close(f"step-0 loss vs {name}", abs(losses["ours"][0] - values[0]), dtype, enforce)
+    # After one update the losses also compare the gradients and the optimizer. In bfloat16 this is reported,
+    # not enforced: AdamW's first update is about lr * sign(gradient), and gradients that are zero up to
+    # bfloat16 rounding take either sign.
+    _common.check_close(f"step-1 loss vs {name}", abs(losses["ours"][1] - values[1]), dtype,
+                        enforce and dtype == "float32")
+  result["loss_check"] = {name: values[:2] for name, values in losses.items()}
 
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  _common.add_common_flags(parser, batch_size=2, seq_len=128)
-  parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (ours: the first runs compiled code)")
+  _common.add_model_flags(parser, batch_size=2, seq_len=128)
+  parser.add_argument("--peers", nargs="+", default=["eager", "sdpa"], choices=sorted(PEERS))
+  parser.add_argument("--variants", nargs="*", default=[], choices=["unfolded"],
+                      help="earlier versions of ours to run beside it (what a change bought)")
   parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
   parser.add_argument("--learning_rate", type=float, default=1e-3)
+  harness.add_flags(parser)
+  parser.set_defaults(warmup=2)
   args = parser.parse_args(argv)
-  _common.positive(args, "batch_size", "seq_len", "steps", "warmup", "repeats")
-
+  _common.positive(args, "batch_size", "seq_len", "pairs")
+  if args.warmup < 1:
+    raise SystemExit("--warmup must be >= 1 (the loss check reads the first step)")
   config = _common.build_config(args.config, _common.parse_overrides(args.override), args.dtype)
   if args.seq_len > config.max_seq_len:
     raise SystemExit(f"--seq_len {args.seq_len} exceeds the config's max_seq_len {config.max_seq_len}")
-  torch, device = _common.setup_torch(args.threads)
-  params = _common.random_params(config, args.seed)
-  tokens = random_tokens(config, args.batch_size, args.seq_len, args.seed)
-  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-  machine = _common.machine_description(torch, device)
-  print(f"{machine}\nconfig {args.config} {config}\n{num_params / 1e6:.1f}M params, batch {args.batch_size} x "
-        f"seq {args.seq_len}, {args.dtype}, {args.optimizer}, warmup {args.warmup}, "
-        f"{args.repeats} x {args.steps} timed steps", flush=True)
-
-  results = {"machine": machine, "config_name": args.config, "config": config.__dict__, "num_params": num_params,
-             "batch_size": args.batch_size, "seq_len": args.seq_len, "dtype": args.dtype,
-             "optimizer": args.optimizer, "implementations": {}}
-  runs = {}
-  state_dict = _common.hf_state_dict(config, params, torch)
-  for attn in args.attn:
-    runs[f"transformers[{attn}]"] = bench_hf(config, state_dict, tokens, attn, args, torch, device)
-    print(f"transformers[{attn}] done", flush=True)
-  del state_dict
-  ours_losses, compile_s, first_s, ours_times = bench_ours(config, params, tokens, args)
-
-  for name, (losses, _, _) in runs.items():
-    _common.check_close(f"step-0 loss vs {name}", abs(ours_losses[0] - losses[0]), args.dtype, not args.no_check)
-    # After one update the losses also compare the gradients and the optimizer. In bfloat16 this is reported,
-    # not enforced: AdamW's first update is about lr * sign(gradient), and gradients that are zero up to
-    # bfloat16 rounding take either sign, which at 2B parameters can move the loss by whole units.
-    _common.check_close(f"step-1 loss (after one update) vs {name}", abs(ours_losses[1] - losses[1]), args.dtype,
-                        not args.no_check and args.dtype == "float32")
-    print(f"  losses of the first steps: ours {[round(x, 4) for x in ours_losses[:4]]}, "
-          f"{name} {[round(x, 4) for x in losses[:4]]}", flush=True)
-
-  tokens_per_step = args.batch_size * args.seq_len
-  ours_step = _common.median(ours_times)
-  rows = [["ours (jax.jit)", f"{ours_step * 1e3:.1f}", f"{tokens_per_step / ours_step:.1f}", "1.00",
-           f"compile {compile_s:.1f} s, first step {first_s:.2f} s", f"{ours_losses[0]:.4f}"]]
-  results["implementations"]["ours"] = {"median_step_s": ours_step, "step_s": ours_times, "compile_s": compile_s,
-                                        "first_step_s": first_s, "losses": ours_losses,
-                                        "tokens_per_s": tokens_per_step / ours_step}
-  ratio_lines = []
-  for name, (losses, first, times) in runs.items():
-    step_s = _common.median(times)
-    ratio = step_s / ours_step  # = ours tokens/s / their tokens/s
-    rows.append([name, f"{step_s * 1e3:.1f}", f"{tokens_per_step / step_s:.1f}", f"{ratio:.2f}",
-                 f"first step {first:.2f} s", f"{losses[0]:.4f}"])
-    results["implementations"][name] = {"median_step_s": step_s, "step_s": times, "first_step_s": first,
-                                        "losses": losses, "tokens_per_s": tokens_per_step / step_s,
-                                        "ratio_ours_over_this": ratio}
-    ratio_lines.append(f"ratio train_step tokens/s ours/{name} = {ratio:.2f}")
-  _common.print_table(f"training step, {tokens_per_step} tokens/step (median of {len(ours_times)} steps)",
-                      ["implementation", "step ms", "tokens/s", "ours/this", "start-up", "loss[0]"], rows)
-  print("\n" + "\n".join(ratio_lines), flush=True)
-  _common.write_json(args.json, results)
-  return results
+  tokens = args.batch_size * args.seq_len
+  benchmark = args.name or f"train_step_{args.config}_{args.dtype}_b{args.batch_size}x{args.seq_len}"
+  result = harness.run_paired(benchmark, sides(args), pairs=args.pairs, warmup=args.warmup, threads=args.threads,
+                              cpus=args.cpus, work_per_run=tokens, unit="tokens",
+                              settings={**vars(args), "config": config.__dict__}, allow_few_pairs=args.smoke)
+  check_losses(result, args.dtype, not args.no_check)
+  harness.print_summary(result)
+  if args.result != "none":
+    print(f"wrote {harness.write_result(result, args.result)}", flush=True)
+  return result
 
 
 if __name__ == "__main__":

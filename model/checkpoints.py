@@ -4,7 +4,8 @@ Layout (one orbax step directory per saved step):
 
   MODEL_DIR/checkpoints/<step>/params/     float32 master parameters (sharded arrays)
                               /opt_state/  optimizer state
-                              /data/       tf.data iterator state, one file per host
+                              /data/       data position, one directory per input shard
+                                           (shard_SSSSS-of-NNNNN/, see data.ShardedDataIterator)
                               /meta/       {"step", ...} JSON
 
 Semantics:
@@ -34,22 +35,26 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
-from model.data import DataIterator
+from model.data import DataIterator, ShardedDataIterator
 
 
 # ---- the data iterator as an orbax item ----
 
-class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves/restores a `DataIterator` (tf.train.Checkpoint of the tf.data iterator), per host."""
+def _sharded(iterator) -> ShardedDataIterator:
+  """A single-pipeline iterator (DataIterator, ScheduledDataIterator) is input shard 0 of 1."""
+  return iterator if isinstance(iterator, ShardedDataIterator) else \
+      ShardedDataIterator({0: iterator}, 1)
 
-  def _prefix(self, directory: epath.Path) -> str:
-    return os.fspath(directory / f"process_{jax.process_index()}" / "iterator")
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+  """Saves/restores the data position: every process writes the input shards it saves and reads
+  back the ones it reads (`ShardedDataIterator`), so any process count can resume."""
 
   def save(self, directory: epath.Path, args: "DataIteratorSave"):
-    args.iterator.save(self._prefix(directory))
+    _sharded(args.iterator).save(os.fspath(directory))
 
   def restore(self, directory: epath.Path, args: "DataIteratorRestore"):
-    args.iterator.restore(self._prefix(directory))
+    _sharded(args.iterator).restore(os.fspath(directory))
     return args.iterator
 
 
@@ -141,11 +146,15 @@ class Checkpointer:
     self.manager.close()
 
   def _quarantine(self, step: int) -> None:
-    src = self.directory / str(step)
-    n = 0
-    while (self.directory / f"corrupt-{step}-{n}").exists():
-      n += 1
-    src.rename(self.directory / f"corrupt-{step}-{n}")
+    if jax.process_index() == 0:  # One process renames; the others wait for it.
+      src = self.directory / str(step)
+      n = 0
+      while (self.directory / f"corrupt-{step}-{n}").exists():
+        n += 1
+      src.rename(self.directory / f"corrupt-{step}-{n}")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"gemma_forge_quarantine_{step}")
     self.manager.reload()
 
   def _read_meta(self, step: int) -> dict:
@@ -223,11 +232,20 @@ def resolve_checkpoint_path(checkpoint_path: Optional[str], model_dir: Optional[
   return os.fspath(ckpt_dir / str(steps[-1]))
 
 
+def _on_this_host(abstract_params):
+  """Leaves without a target sharding go to this process's first device, so a checkpoint saved
+  by another mesh or process count (say a multi-host run) restores here too."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None else
+                      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
+
+
 def load_params(step_dir: str, abstract_params) -> Any:
-  """Only the params item of one step (eval, inference, fine-tuning), with target shardings."""
+  """Only the params item of one step (eval, inference, fine-tuning), with target shardings
+  (leaves without one are placed on this process's first device)."""
   path = epath.Path(step_dir) / "params"
   try:
-    return ocp.StandardCheckpointer().restore(path, abstract_params)
+    return ocp.StandardCheckpointer().restore(path, _on_this_host(abstract_params))
   except Exception as e:
     raise ValueError(f"Cannot restore params from {path} for this model "
                      f"({type(e).__name__}: {str(e)[:500]})") from e

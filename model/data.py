@@ -4,6 +4,11 @@ Batches are what seqio's `DecoderFeatureConverter` emits (int32 `[B, L]`):
 `decoder_target_tokens`, `decoder_input_tokens`, `decoder_loss_weights`, and with packing
 `decoder_segment_ids`, `decoder_positions`.
 
+BOS: seqio's standard decoder layout. Targets hold no BOS; the converter shifts them right and puts
+its `bos_id` -- the BOS of the task's vocabulary (`vocabulary_bos_id`), not seqio's default 0 -- in
+front of every segment, so an example `[t1 .. tn]` trains as inputs `[BOS, t1 .. tn-1]` at
+positions `0 .. n-1`: the context `model.infer` feeds (`[BOS] + prompt` from position 0).
+
 Resuming exactly: like t5x, the position in the data is the state of the `tf.data` iterator, saved
 with `tf.train.Checkpoint` next to every model checkpoint (see `model.checkpoints`). The pipeline is
 deterministic (seeded shuffle and mixture sampling, `deterministic=True`), so a restarted run sees
@@ -18,7 +23,9 @@ of restoring or replaying a stream.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -73,6 +80,78 @@ def task_names(mixture_or_task_name: str) -> list[str]:
   return [provider.name]
 
 
+def vocabulary_bos_id(vocabulary: seqio.Vocabulary) -> int:
+  """The BOS id of a vocabulary: by piece for SentencePiece (`tasks.special_tokens`), else its
+  `bos_id` (e.g. `SyntheticVocabulary`); a clear error for a vocabulary without one."""
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    from tasks import special_tokens
+    return special_tokens.special_tokens(vocabulary).bos
+  try:
+    bos = vocabulary.bos_id
+  except NotImplementedError:
+    bos = None
+  if bos is None or bos < 0:
+    raise ValueError(f"The vocabulary {vocabulary!r} has no BOS id; the decoder's inputs start "
+                     "every segment with BOS")
+  return int(bos)
+
+
+def targets_bos_id(mixture_or_task_name: str) -> int:
+  """BOS of the `targets` vocabulary of a Task or Mixture (all of a Mixture's tasks share it)."""
+  provider = get_task_or_mixture(mixture_or_task_name)
+  return vocabulary_bos_id(provider.output_features["targets"].vocabulary)
+
+
+def feature_converter(mixture_or_task_name: str, pack: bool = True) -> seqio.FeatureConverter:
+  """seqio's DecoderFeatureConverter with the task vocabulary's BOS as `bos_id`; for chat (SFT)
+  tasks, whose examples carry a loss mask, `tasks.chat_tasks.ChatFeatureConverter`."""
+  from tasks import chat_tasks
+  bos_id = targets_bos_id(mixture_or_task_name)
+  if chat_tasks.uses_loss_mask(get_task_or_mixture(mixture_or_task_name)):
+    return chat_tasks.ChatFeatureConverter(pack=pack, bos_id=bos_id)
+  return seqio.DecoderFeatureConverter(pack=pack, bos_id=bos_id)
+
+
+def converter_feature_lengths(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int]
+                              ) -> dict[str, int]:
+  """`task_feature_lengths`, plus the loss mask's (as long as the targets) for chat tasks."""
+  from tasks import chat_tasks
+  if chat_tasks.uses_loss_mask(get_task_or_mixture(mixture_or_task_name)):
+    return chat_tasks.task_feature_lengths(task_feature_lengths)
+  return dict(task_feature_lengths)
+
+
+@gin.configurable
+def decoder_feature_converter_cls(vocabulary: seqio.Vocabulary):
+  """For t5x's `DecoderOnlyModel.feature_converter_cls` (gin): DecoderFeatureConverter with
+  `bos_id` = the vocabulary's BOS, so t5x trains on the same layout as `model.train`."""
+  return functools.partial(seqio.DecoderFeatureConverter, bos_id=vocabulary_bos_id(vocabulary))
+
+
+def cache_files(mixture_or_task_names: str | Sequence[str], split: str) -> list[str]:
+  """The cache TFRecords that reading `split` of Tasks or Mixtures opens (none if uncached)."""
+  if isinstance(mixture_or_task_names, str):
+    mixture_or_task_names = [mixture_or_task_names]
+  names = sorted({t for name in mixture_or_task_names for t in task_names(name)})
+  files = []
+  for name in names:
+    cache_dir = seqio.get_mixture_or_task(name).cache_dir
+    if cache_dir:
+      files += tf.io.gfile.glob(os.path.join(cache_dir, f"{split}.tfrecord-*"))
+  return sorted(files)
+
+
+@contextlib.contextmanager
+def naming_corrupt_files(mixture_or_task_names: str | Sequence[str], split: str):
+  """Turns tf.data's DataLossError (an offset, no file name) while reading cached Tasks or
+  Mixtures into a `tasks.cache_layout.CorruptCacheError` that names the file and the offset."""
+  try:
+    yield
+  except tf.errors.DataLossError as e:
+    from tasks import cache_layout
+    raise cache_layout.corrupt_cache_error(e, cache_files(mixture_or_task_names, split)) from e
+
+
 def get_dataset(mixture_or_task_name: str,
                 task_feature_lengths: Mapping[str, int],
                 split: str,
@@ -97,8 +176,8 @@ def get_dataset(mixture_or_task_name: str,
   shard_info = seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None
   ds = seqio.get_dataset(
       mixture_or_task_name,
-      task_feature_lengths=dict(task_feature_lengths),
-      feature_converter=seqio.DecoderFeatureConverter(pack=pack),
+      task_feature_lengths=converter_feature_lengths(mixture_or_task_name, task_feature_lengths),
+      feature_converter=feature_converter(mixture_or_task_name, pack),
       dataset_split=split,
       use_cached=use_cached,
       shuffle=shuffle,
@@ -135,17 +214,24 @@ class DataIterator:
 
   `save`/`restore` write and read the tf.data iterator state (including shuffle and prefetch
   buffers) with `tf.train.Checkpoint`, so restoring continues at exactly the next batch.
+  With `source` = (Task or Mixture name, split), a truncated or corrupt cache file is reported by
+  name (`naming_corrupt_files`).
   """
 
-  def __init__(self, dataset: tf.data.Dataset):
+  def __init__(self, dataset: tf.data.Dataset, source: Optional[tuple[str, str]] = None):
     self._iterator = iter(dataset)
     self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+    self._source = source
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._iterator)
+    if self._source is None:
+      batch = next(self._iterator)
+    else:
+      with naming_corrupt_files(*self._source):
+        batch = next(self._iterator)
     return {k: np.asarray(v, dtype=np.int32) for k, v in batch.items()}
 
   def save(self, prefix: str) -> None:
@@ -160,15 +246,16 @@ class DataIterator:
 
 # ---- a staged mixture, resumable from the step alone ----
 
-def pack_examples(examples: Sequence[np.ndarray], rows: int, length: int, pack: bool = True
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def pack_examples(examples: Sequence[np.ndarray], rows: int, length: int, pack: bool = True, *,
+                  bos_id: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """Packs token examples into `rows` x `length` decoder features, as seqio's converter does.
 
   Examples go, in order, into the first row with room (first fit); with `pack=False` each takes a
   row of its own. An example longer than `length` is trimmed (seqio trims too; the gf_* tasks
-  chunk documents so none is). Features are `DecoderFeatureConverter`'s: inputs are the targets
-  shifted right within each segment, loss weights mark non-padding targets, and with packing
-  `decoder_segment_ids` (1, 2, ... per row) and `decoder_positions`.
+  chunk documents so none is). Features are `DecoderFeatureConverter(bos_id=bos_id)`'s: inputs
+  are the targets shifted right within each segment with `bos_id` first, loss weights mark
+  non-padding targets, and with packing `decoder_segment_ids` (1, 2, ... per row) and
+  `decoder_positions`.
 
   Returns the batch and, for every example, its row (-1: it did not fit in this step's rows).
   """
@@ -189,6 +276,7 @@ def pack_examples(examples: Sequence[np.ndarray], rows: int, length: int, pack: 
       continue
     r, start = free[0], used[free[0]]
     targets[r, start:start + n] = ex
+    inputs[r, start] = bos_id
     inputs[r, start + 1:start + n] = ex[:-1]
     count[r] += 1
     segments[r, start:start + n] = count[r]
@@ -208,7 +296,8 @@ def build_mixture_schedule(cfg: DatasetConfig, total_steps: int, rows: int):
   Stage keys are resolved over the tasks of `cfg.mixture_or_task_name` with their train-token
   counts and `tasks.TASK_TIERS`; a fractional start is resolved against `total_steps` exactly as
   `create_schedule(decay_start_step=...)` resolves it, so both can share one macro. Token
-  shares become example probabilities with each task's measured mean example (chunk) length.
+  shares become example probabilities with each task's mean example (chunk) length at the run's
+  sequence length: `tasks.schedule.schedule_from_tasks`, the path docs/tokenizer_and_tasks.md shows.
   """
   if cfg.stages is None:
     return None
@@ -229,15 +318,14 @@ def build_mixture_schedule(cfg: DatasetConfig, total_steps: int, rows: int):
           for i, (start, weights) in enumerate(_stage_entries(cfg.stages))]
   stages = schedule_lib.stages_from_spec(spec, tokens, tasks.TASK_TIERS)
   length = int(cfg.task_feature_lengths["targets"])
-  mean_tokens = schedule_lib.measured_example_tokens(
-      sorted({t for stage in stages for t in stage.token_shares}), {"targets": length},
-      cfg.split, int(cfg.seed))
   examples_per_step = cfg.examples_per_step
   if examples_per_step is None:
     # `rows` examples always fit (each is at most `length` tokens); packing fits more.
+    mean_tokens = schedule_lib.example_tokens(
+        sorted({t for stage in stages for t in stage.token_shares}), {"targets": length})
     examples_per_step = rows if not cfg.pack else max(rows, schedule_lib.default_examples_per_step(
         stages, mean_tokens, rows * length, length))
-  return schedule_lib.MixtureSchedule(stages, examples_per_step, mean_tokens)
+  return schedule_lib.schedule_from_tasks(stages, examples_per_step, {"targets": length})
 
 
 def _stage_entries(stages) -> list:
@@ -265,8 +353,11 @@ class ScheduledDataIterator:
 
   def __init__(self, schedule, sequence_length: int, rows: int, seed: int, split: str = "train",
                shard_id: int = 0, num_shards: int = 1, pack: bool = True, shuffle: bool = True,
-               streams: Optional[Mapping[str, Callable[[int], Iterator]]] = None):
+               streams: Optional[Mapping[str, Callable[[int], Iterator]]] = None,
+               bos_id: Optional[int] = None):
     self.schedule = schedule
+    # The converter's BOS (the tasks' vocabulary's), in front of every packed segment's inputs.
+    self.bos_id = targets_bos_id(schedule.tasks[0]) if bos_id is None else int(bos_id)
     self.length = sequence_length
     self.rows = rows
     self.seed = seed
@@ -296,7 +387,8 @@ class ScheduledDataIterator:
     for _, block in itertools.groupby(examples, key=lambda e: e[0]):
       block = list(block)
       batch, placed = pack_examples([ex["targets"] if isinstance(ex, Mapping) else ex
-                                     for _, _, ex in block], self.rows, self.length, self.pack)
+                                     for _, _, ex in block], self.rows, self.length, self.pack,
+                                    bos_id=self.bos_id)
       sources = np.zeros((self.rows, self.length), np.int32)
       if self.pack:
         for (_, task, _), row, seg in zip(block, placed, _segment_numbers(placed)):
@@ -316,7 +408,8 @@ class ScheduledDataIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     if self._blocks is None:
       self._blocks = self._generate(self.step)
-    batch, self.last_source_ids, self.last_dropped = next(self._blocks)
+    with naming_corrupt_files(self.schedule.tasks, self.split):
+      batch, self.last_source_ids, self.last_dropped = next(self._blocks)
     self.dropped_examples += self.last_dropped
     self.step += 1
     return batch
@@ -364,16 +457,115 @@ def get_train_iterator(cfg: DatasetConfig, total_steps: int, shard_id: int = 0,
   rows = cfg.batch_size // num_shards
   schedule = build_mixture_schedule(cfg, total_steps, rows)
   if schedule is None:
-    return DataIterator(get_dataset_from_config(cfg, shard_id, num_shards, num_epochs=None))
+    return DataIterator(get_dataset_from_config(cfg, shard_id, num_shards, num_epochs=None),
+                        source=(cfg.mixture_or_task_name, cfg.split))
   return ScheduledDataIterator(schedule, int(cfg.task_feature_lengths["targets"]), rows,
                                int(cfg.seed), cfg.split, shard_id, num_shards, cfg.pack,
-                               cfg.shuffle)
+                               cfg.shuffle, bos_id=targets_bos_id(cfg.mixture_or_task_name))
+
+
+# ---- multi-host input: a global batch from `num_shards` input shards ----
+
+class ShardedDataIterator:
+  """This host's rows of every global batch: the batches of its input shards, concatenated.
+
+  Shard `s` of `num_shards` is its own pipeline (`get_train_iterator(..., s, num_shards)`) giving
+  `batch_size // num_shards` rows, so the global batch is the same whichever processes read
+  which shards (`model.partitioning.data_layout`). `save(directory)` writes the position of each
+  shard in `saved_shards` to `directory/shard_SSSSS-of-NNNNN/iterator*` (one writer per shard);
+  `restore(directory)` reads back those of `local_shards`, so a checkpoint resumes under another
+  process count.
+  """
+
+  def __init__(self, iterators: Mapping[int, Any], num_shards: int,
+               saved_shards: Optional[Sequence[int]] = None):
+    self.iterators = dict(sorted(iterators.items()))
+    self.num_shards = num_shards
+    self.saved_shards = tuple(self.iterators if saved_shards is None else saved_shards)
+    self.last_dropped = 0
+
+  @property
+  def local_shards(self) -> tuple[int, ...]:
+    return tuple(self.iterators)
+
+  @property
+  def staged(self) -> bool:
+    return isinstance(next(iter(self.iterators.values())), ScheduledDataIterator)
+
+  @property
+  def first(self):
+    return next(iter(self.iterators.values()))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batches = [next(it) for it in self.iterators.values()]
+    self.last_dropped = sum(getattr(it, "last_dropped", 0) for it in self.iterators.values())
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+  def shard_prefix(self, directory: str, shard: int) -> str:
+    return os.path.join(directory, f"shard_{shard:05d}-of-{self.num_shards:05d}", "iterator")
+
+  def save(self, directory: str) -> None:
+    for shard in self.saved_shards:
+      self.iterators[shard].save(self.shard_prefix(directory, shard))
+
+  def restore(self, directory: str) -> None:
+    for shard, it in self.iterators.items():
+      it.restore(self.shard_prefix(directory, shard))
+
+
+def check_input_shards(cfg: DatasetConfig, num_shards: int) -> None:
+  """Every input shard must get the same number of files: a file count that `num_shards` does
+  not divide is an error (seqio would give some hosts one file more). Fewer files than shards
+  is fine: seqio then shards the examples."""
+  if num_shards == 1:
+    return
+  for name in task_names(cfg.mixture_or_task_name):
+    task = seqio.get_mixture_or_task(name)
+    try:
+      source = task._get_cached_source(cfg.split) if cfg.use_cached else task.source  # pylint: disable=protected-access
+      if source.supports_arbitrary_sharding:
+        continue
+      files = source.list_shards(cfg.split)
+    except Exception:  # pylint: disable=broad-except  # No file list: seqio shards examples.
+      continue
+    if len(files) > num_shards and len(files) % num_shards:
+      raise ValueError(
+          f"Task {name} has {len(files)} {cfg.split!r} files, which do not split evenly into "
+          f"{num_shards} data shards (DATA_SHARDS / processes): use a shard count that divides "
+          f"{len(files)}, or re-tokenize into a multiple of {num_shards} files")
+
+
+def get_sharded_train_iterator(cfg: DatasetConfig, total_steps: int, shards: Sequence[int],
+                               num_shards: int, saved_shards: Optional[Sequence[int]] = None
+                               ) -> ShardedDataIterator:
+  """The training batches of input shards `shards` of `num_shards` (see ShardedDataIterator)."""
+  if cfg.batch_size % num_shards:
+    raise ValueError(f"Global batch size {cfg.batch_size} is not divisible by the number of data "
+                     f"shards {num_shards}")
+  check_input_shards(cfg, num_shards)
+  return ShardedDataIterator(
+      {s: get_train_iterator(cfg, total_steps, s, num_shards) for s in shards}, num_shards,
+      saved_shards)
 
 
 # ---- a built-in synthetic task, for tests, benchmarks and smoke runs without DATA_DIR ----
 
 SYNTHETIC_TASK = "synthetic_lm"
 SYNTHETIC_VOCAB_SIZE = 256
+
+
+class SyntheticVocabulary(seqio.PassThroughVocabulary):
+  """The synthetic task's ids: 0-3 are pad/eos/bos/unk (Gemma's layout), 4-255 its tokens."""
+
+  def __init__(self):
+    super().__init__(SYNTHETIC_VOCAB_SIZE, eos_id=1)
+
+  @property
+  def bos_id(self) -> int:
+    return 2
 
 
 def _synthetic_documents(split: str, shuffle_files: bool = False, seed: Optional[int] = None,
@@ -406,7 +598,7 @@ def register_synthetic_task(name: str = SYNTHETIC_TASK) -> str:
         source=seqio.FunctionDataSource(_synthetic_documents, splits=("train", "validation")),
         preprocessors=[seqio.preprocessors.append_eos_after_trim],
         output_features={"targets": seqio.Feature(
-            seqio.PassThroughVocabulary(SYNTHETIC_VOCAB_SIZE, eos_id=1), add_eos=True, dtype=tf.int32)})
+            SyntheticVocabulary(), add_eos=True, dtype=tf.int32)})
   return name
 
 

@@ -11,6 +11,11 @@ Prompts are int32 [B, P] rows of token ids, left-padded with 0 (use
 
 Outputs are int32 [B, max_decode_len]: generated tokens, including the stop
 token that ended the row, then 0s.
+
+Special ids are arguments, never constants here: BOS and the stop tokens differ between
+vocabularies (`<end_of_turn>` is 107 in the released Gemma tokenizer, 5 in the project's own), so
+callers pass those of the vocabulary in use (`tasks.special_tokens.special_tokens(vocab)`:
+`.bos`, `.stop_ids`). Only padding is fixed: 0, the id seqio pads with and the model masks.
 """
 
 from __future__ import annotations
@@ -26,12 +31,7 @@ import numpy as np
 from model.config import GemmaConfig
 from model.transformer import Transformer, init_cache
 
-PAD_ID = 0
-EOS_ID = 1
-BOS_ID = 2
-START_OF_TURN_ID = 106
-END_OF_TURN_ID = 107
-DEFAULT_STOP_TOKENS = (EOS_ID, END_OF_TURN_ID)
+PAD_ID = 0  # seqio's padding id (tasks.special_tokens checks that <pad> is this id).
 
 _NEG_INF = -1e9  # Score of impossible beams / masked tokens (finite: keeps arithmetic NaN-free).
 
@@ -40,18 +40,25 @@ _NEG_INF = -1e9  # Score of impossible beams / masked tokens (finite: keeps arit
 
 
 def chat_template(user_text: str) -> str:
-  """Gemma's instruction-tuned turn format for one user message (BOS is added at tokenisation)."""
-  return f"<start_of_turn>user\n{user_text}<end_of_turn>\n<start_of_turn>model\n"
+  """One user message in gemma-it's format plus the generation prompt, as text without BOS
+  (`tasks.chat_template` renders it; BOS is added at tokenisation)."""
+  from tasks import chat_template as ct
+  return ct.render([ct.Turn(ct.USER, user_text.strip())], add_generation_prompt=True, bos="")
 
 
-def format_prompt(token_ids: Sequence[int], bos_id: int = BOS_ID) -> list[int]:
+def format_prompt(token_ids: Sequence[int], bos_id: int) -> list[int]:
   """token_ids with BOS prepended (once)."""
   token_ids = [int(t) for t in token_ids]
   return token_ids if token_ids[:1] == [bos_id] else [bos_id] + token_ids
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], bos_id: int = BOS_ID) -> np.ndarray:
+def pad_prompts(prompts: Sequence[Sequence[int]], bos_id: int) -> np.ndarray:
   """int32 [B, P]: each prompt with BOS prepended, left-padded with 0 to the longest."""
+  if isinstance(prompts, (str, bytes)) or not len(prompts):
+    raise ValueError(f"pad_prompts needs a non-empty list of prompts (lists of token ids), got {prompts!r}")
+  if any(isinstance(p, (int, np.integer)) for p in prompts):
+    raise ValueError("pad_prompts takes a list of prompts, each a list of token ids; wrap a single "
+                     "prompt as [prompt]")
   rows = [format_prompt(p, bos_id) for p in prompts]
   if any(PAD_ID in row for row in rows):
     raise ValueError(f"prompts may not contain the padding id {PAD_ID}")
@@ -68,7 +75,7 @@ def left_pad(tokens: jax.Array) -> jax.Array:
   return jnp.take_along_axis(tokens, order, axis=1)
 
 
-def left_pad_with_bos(tokens: jax.Array, bos_id: int = BOS_ID) -> jax.Array:
+def left_pad_with_bos(tokens: jax.Array, bos_id: int) -> jax.Array:
   """[B, P] left- or right-padded prompts -> [B, P + 1] left-padded prompts that all start with BOS."""
   if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
     raise ValueError(f"prompts must be an integer [batch, length] array, got {tokens.dtype} {tokens.shape}")
@@ -147,14 +154,45 @@ def _prefill(config, params, prompts, max_decode_len):
   return model, last_logits, cache, jnp.sum(segment_ids, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_decode_len", "sampler", "stop_tokens"))
+def check_prompts(config: GemmaConfig, prompts, max_decode_len) -> None:
+  """Clear errors, before anything is traced, for arguments a jitted decoder cannot check: the
+  prompts must be a non-empty integer [batch, length] array whose ids (when concrete) are in
+  [0, vocab_size), and max_decode_len a positive int."""
+  if isinstance(max_decode_len, bool) or not isinstance(max_decode_len, (int, np.integer)) \
+      or max_decode_len < 1:
+    raise ValueError(f"max_decode_len must be a positive int, got {max_decode_len!r}")
+  shape = np.shape(prompts)
+  dtype = prompts.dtype if hasattr(prompts, "dtype") else np.asarray(prompts).dtype
+  if len(shape) != 2:
+    raise ValueError(f"prompts must be a [batch, length] array, got shape {shape}"
+                     + (" (wrap a single prompt as [prompt])" if len(shape) == 1 else ""))
+  if 0 in shape:
+    raise ValueError(f"prompts must hold at least one prompt of at least one token, got shape {shape}")
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise ValueError(f"prompts must hold integer token ids, got dtype {dtype}")
+  if not isinstance(prompts, jax.core.Tracer):
+    values = np.asarray(prompts)
+    bad = np.unique(values[(values < 0) | (values >= config.vocab_size)])
+    if bad.size:
+      raise ValueError(f"prompts hold token ids outside [0, {config.vocab_size}) "
+                       f"(vocab_size): {bad[:10].tolist()}")
+
+
 def generate(config: GemmaConfig, params, prompts: jax.Array, rng: jax.Array, *, max_decode_len: int,
-             sampler: Sampler = Sampler(), stop_tokens: tuple[int, ...] = DEFAULT_STOP_TOKENS):
-  """Samples continuations of left-padded prompts.
+             sampler: Sampler = Sampler(), stop_tokens: tuple[int, ...]):
+  """Samples continuations of left-padded prompts (arguments checked by `check_prompts`).
 
   Returns (int32 [B, max_decode_len] tokens, float32 [B] sum of the model's
   log-probabilities of the generated tokens, stop token included).
   """
+  check_prompts(config, prompts, max_decode_len)
+  return _generate(config, params, prompts, rng, max_decode_len=max_decode_len, sampler=sampler,
+                   stop_tokens=tuple(stop_tokens))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_decode_len", "sampler", "stop_tokens"))
+def _generate(config: GemmaConfig, params, prompts: jax.Array, rng: jax.Array, *, max_decode_len: int,
+              sampler: Sampler, stop_tokens: tuple[int, ...]):
   batch = prompts.shape[0]
   model, last_logits, cache, next_positions = _prefill(config, params, prompts, max_decode_len)
   stop = jnp.asarray(stop_tokens, jnp.int32)
@@ -189,17 +227,29 @@ def brevity_penalty(alpha: float, length: jax.Array) -> jax.Array:
   return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_decode_len", "num_beams", "brevity_alpha", "stop_tokens"))
 def beam_search(config: GemmaConfig, params, prompts: jax.Array, *, max_decode_len: int, num_beams: int = 4,
-                brevity_alpha: float = 0.6, stop_tokens: tuple[int, ...] = DEFAULT_STOP_TOKENS):
-  """Beam search; returns (int32 [B, max_decode_len] best beam, float32 [B] its normalised score).
+                brevity_alpha: float = 0.6, stop_tokens: tuple[int, ...]):
+  """`_beam_search` (below) after `check_prompts`."""
+  check_prompts(config, prompts, max_decode_len)
+  return _beam_search(config, params, prompts, max_decode_len=max_decode_len, num_beams=num_beams,
+                      brevity_alpha=brevity_alpha, stop_tokens=tuple(stop_tokens))
 
-  The W live beams of a row are ranked by summed log-probability. A beam that
-  emits a stop token stays in the beam set, extended with padding at no cost,
-  so it keeps competing with the live ones. When the loop ends (all beams
-  stopped or max_decode_len reached) each beam's log-probability is divided
-  by `brevity_penalty(brevity_alpha, generated length incl. the stop token)`
-  and the best one is returned. With num_beams=1 this is greedy decoding.
+
+@functools.partial(jax.jit, static_argnames=("config", "max_decode_len", "num_beams", "brevity_alpha", "stop_tokens"))
+def _beam_search(config: GemmaConfig, params, prompts: jax.Array, *, max_decode_len: int, num_beams: int = 4,
+                 brevity_alpha: float = 0.6, stop_tokens: tuple[int, ...]):
+  """Beam search; returns (int32 [B, max_decode_len] best hypothesis, float32 [B] its normalised score).
+
+  As t5x's and transformers' beam search: each row keeps W live beams (ranked by
+  summed log-probability) and a separate set of the W best finished hypotheses
+  (ranked by log-probability / `brevity_penalty(brevity_alpha, generated length
+  incl. the stop token)`). Every step extends the live beams, moves candidates
+  that end in a stop token into the finished set, and keeps the W best others
+  live, so live beams never push a finished hypothesis out. The loop ends at
+  max_decode_len, or when no live beam can still beat the worst finished one
+  (its best possible score is its log-probability normalised at max_decode_len).
+  The best finished hypothesis is returned; a row that finished none returns
+  its best live beam. With num_beams=1 and no stop tokens this is greedy decoding.
   """
   if num_beams < 1:
     raise ValueError(f"num_beams must be >= 1, got {num_beams}")
@@ -208,38 +258,52 @@ def beam_search(config: GemmaConfig, params, prompts: jax.Array, *, max_decode_l
   model, last_logits, cache, next_positions = _prefill(config, params, flat_prompts, max_decode_len)
   vocab = last_logits.shape[-1]
   stop = jnp.asarray(stop_tokens, jnp.int32)
+  # Each beam's top len(stop) + 1 tokens hold a non-stop one, so this many candidates always
+  # leave W live beams after the finished ones are taken out.
+  num_candidates = min(width * (len(stop_tokens) + 1), width * vocab)
   # Only beam 0 is live at first, so the W beams do not all pick the same token.
   first_scores = jnp.where(jnp.arange(width) == 0, 0.0, _NEG_INF).astype(jnp.float32)
-  pad_continuation = jnp.full((vocab,), _NEG_INF, jnp.float32).at[PAD_ID].set(0.0)
+  best_possible_penalty = brevity_penalty(brevity_alpha, jnp.int32(max_decode_len))
 
   def cond(state):
-    step, *_, done, _ = state
-    return (step < max_decode_len) & ~jnp.all(done)
+    step, _, _, _, live_scores, _, finished_scores, _ = state
+    # Scores are <= 0 and the penalty grows with length, so no live beam can end above this.
+    best_live = live_scores[:, 0] / best_possible_penalty
+    settled = jnp.all(finished_scores[:, -1] >= best_live)
+    return (step < max_decode_len) & ~settled
 
   def body(state):
-    step, cache, last_logits, positions, scores, lengths, done, seqs = state
+    step, cache, last_logits, positions, live_scores, live_seqs, finished_scores, finished_seqs = state
     log_probs = jax.nn.log_softmax(last_logits, axis=-1).reshape(batch, width, vocab)
-    log_probs = jnp.where(done[..., None], pad_continuation, log_probs)
-    candidates = (scores[..., None] + log_probs).reshape(batch, width * vocab)
-    scores, flat_index = jax.lax.top_k(candidates, width)
+    candidates = (live_scores[..., None] + log_probs).reshape(batch, width * vocab)
+    scores, flat_index = jax.lax.top_k(candidates, num_candidates)
     parent, token = flat_index // vocab, (flat_index % vocab).astype(jnp.int32)
+    seqs = jnp.take_along_axis(live_seqs, parent[..., None], axis=1).at[:, :, step].set(token)
+    stopped = jnp.isin(token, stop) & (scores > _NEG_INF / 2)  # Dead beams finish nothing.
 
-    done = jnp.take_along_axis(done, parent, axis=1)
-    lengths = jnp.take_along_axis(lengths, parent, axis=1) + (~done).astype(jnp.int32)
-    seqs = jnp.take_along_axis(seqs, parent[..., None], axis=1).at[:, :, step].set(token)
-    done = done | jnp.isin(token, stop)
+    # The W best of the old finished set and the candidates that just stopped.
+    new_finished = jnp.where(stopped, scores / brevity_penalty(brevity_alpha, step + 1), _NEG_INF)
+    finished_scores, keep = jax.lax.top_k(jnp.concatenate([finished_scores, new_finished], axis=1), width)
+    finished_seqs = jnp.take_along_axis(jnp.concatenate([finished_seqs, seqs], axis=1), keep[..., None], axis=1)
+
+    # The W best candidates that did not stop stay live.
+    live_scores, keep = jax.lax.top_k(jnp.where(stopped, _NEG_INF, scores), width)
+    parent, token = jnp.take_along_axis(parent, keep, axis=1), jnp.take_along_axis(token, keep, axis=1)
+    live_seqs = jnp.take_along_axis(seqs, keep[..., None], axis=1)
 
     rows = (jnp.arange(batch)[:, None] * width + parent).reshape(-1)
     cache = jax.tree.map(lambda x: x[rows] if x.ndim else x, cache)
     positions = positions[rows]
     last_logits, cache = _step(model, params, token.reshape(-1, 1), positions[:, None],
                                jnp.ones((batch * width, 1), jnp.int32), cache)
-    return step + 1, cache, last_logits, positions + 1, scores, lengths, done, seqs
+    return (step + 1, cache, last_logits, positions + 1, live_scores, live_seqs, finished_scores,
+            finished_seqs)
 
-  state = (jnp.int32(0), cache, last_logits, next_positions, jnp.tile(first_scores, (batch, 1)),
-           jnp.zeros((batch, width), jnp.int32), jnp.zeros((batch, width), bool),
-           jnp.zeros((batch, width, max_decode_len), jnp.int32))
-  _, _, _, _, scores, lengths, _, seqs = jax.lax.while_loop(cond, body, state)
-  normalized = scores / brevity_penalty(brevity_alpha, jnp.maximum(lengths, 1))
-  best = jnp.argmax(normalized, axis=1)
-  return seqs[jnp.arange(batch), best], normalized[jnp.arange(batch), best]
+  empty_seqs = jnp.zeros((batch, width, max_decode_len), jnp.int32)
+  state = (jnp.int32(0), cache, last_logits, next_positions, jnp.tile(first_scores, (batch, 1)), empty_seqs,
+           jnp.full((batch, width), _NEG_INF, jnp.float32), empty_seqs)
+  step, _, _, _, live_scores, live_seqs, finished_scores, finished_seqs = jax.lax.while_loop(cond, body, state)
+  any_finished = finished_scores[:, 0] > _NEG_INF / 2
+  live_best = live_scores[:, 0] / brevity_penalty(brevity_alpha, jnp.maximum(step, 1))
+  tokens = jnp.where(any_finished[:, None], finished_seqs[:, 0], live_seqs[:, 0])
+  return tokens, jnp.where(any_finished, finished_scores[:, 0], live_best)

@@ -14,6 +14,9 @@ validation documents) with `PrefixLMFeatureConverter`, the model scores each tar
 inputs (`score_batch`), and the tasks' `metric_fns` (rank-classification accuracy) turn the
 scores into metrics. Prints tables and writes JSON (EVAL_OUTPUT, default
 MODEL_DIR/eval/eval_results_<step>.json) with `results` (loss/perplexity) and `seqio_metrics`.
+
+The Gemma paper's academic benchmarks (MMLU, GSM8K, HumanEval, ...; lm-eval semantics, one table
+with the paper's figures) are `model.evaluate`; see docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def evaluate(model, params, dataset_cfg: data_lib.DatasetConfig, partitioner: Pa
                               num_shards=num_shards, pack=dataset_cfg.pack, num_epochs=1,
                               drop_remainder=False)
     log_lik, tokens, batches = 0.0, 0.0, 0
-    for batch in ds.as_numpy_iterator():
+    for batch in _named_errors(ds.as_numpy_iterator(), task, dataset_cfg.split):
       if max_batches is not None and batches >= max_batches:
         break
       batch = data_lib.pad_batch({k: np.asarray(v, np.int32) for k, v in batch.items()},
@@ -78,6 +81,16 @@ def evaluate(model, params, dataset_cfg: data_lib.DatasetConfig, partitioner: Pa
   for r in results.values():
     del r["_log_lik"]
   return results
+
+
+def _named_errors(batches, task: str, split: str):
+  """The batches; a corrupt cache file is reported by name (`data_lib.naming_corrupt_files`)."""
+  while True:
+    with data_lib.naming_corrupt_files(task, split):
+      batch = next(batches, None)
+    if batch is None:
+      return
+    yield batch
 
 
 def _row(log_lik: float, tokens: float, batches: int) -> dict[str, Any]:
@@ -141,8 +154,10 @@ class SeqioEvaluation:
     self.model = model
     self.partitioner = partitioner
     self.batch_size = batch_size
+    # bos_id: the task vocabulary's BOS starts the decoder inputs, the layout training uses.
     self.evaluators = {name: seqio.Evaluator(
-        name, feature_converter=seqio.PrefixLMFeatureConverter(pack=False),
+        name, feature_converter=seqio.PrefixLMFeatureConverter(
+            pack=False, bos_id=data_lib.targets_bos_id(name)),
         eval_split="validation", use_cached=False, sequence_length=sequence_length,
         async_compute_metrics=False) for name in task_names}
     self._score = None

@@ -95,6 +95,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
     _parse_files_and_bindings(gin_files, gin_bindings, gin_search_paths)
   finally:
     logging.getLogger().removeFilter(_quiet_gin_search)
+  check_macro_types(gin_bindings)
 
 
 def _parse_files_and_bindings(gin_files, gin_bindings, gin_search_paths):
@@ -116,6 +117,52 @@ def _parse_files_and_bindings(gin_files, gin_bindings, gin_search_paths):
       gin.parse_config(binding)
     except Exception as e:
       raise ValueError(f"Invalid gin binding {binding!r}: {e}") from e
+
+
+# The documented macros (gin/runs/*.gin) and the types their values must have. Checked right
+# after parsing, so a string for TRAIN_STEPS or a float batch size is an error naming the macro,
+# not a failure deep inside the trainer.
+_INT = (int,)
+_NUMBER = (int, float)
+_OPTIONAL = (type(None),)
+MACRO_TYPES: dict[str, tuple[type, ...]] = {
+    "TRAIN_STEPS": _INT, "BATCH_SIZE": _INT, "LOG_PERIOD": _INT, "SAVE_PERIOD": _INT,
+    "EVAL_PERIOD": _INT, "EVAL_BATCHES": _INT + _OPTIONAL, "KEEP_CHECKPOINTS": _INT + _OPTIONAL,
+    "NUM_MICROBATCHES": _INT, "SEED": _INT, "DATA_SEED": _INT + _OPTIONAL,
+    "WARMUP_STEPS": _INT, "LEARNING_RATE": _NUMBER, "VOCAB_SIZE": _INT + _OPTIONAL,
+    "EXAMPLES_PER_STEP": _INT + _OPTIONAL,
+    "MODEL_DIR": (str,), "DATA_DIR": (str,) + _OPTIONAL, "INIT_CHECKPOINT": (str,) + _OPTIONAL,
+    "MIXTURE_OR_TASK_NAME": (str,), "USE_CACHED_TASKS": (bool,),
+    "SHUFFLE_TRAIN_EXAMPLES": (bool,), "TASK_FEATURE_LENGTHS": (dict,),
+}
+
+
+def _type_names(types) -> str:
+  return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+def check_macro_types(bindings: Sequence[str] = ()) -> None:
+  """Raises a ValueError naming the macro (and the binding that set it) whose value has the
+  wrong type; unset (`%gin.REQUIRED`) macros and references (`@f()`) are left to their users."""
+  for name, types in MACRO_TYPES.items():
+    try:
+      value = gin.query_parameter(f"%{name}")
+    except ValueError:
+      continue
+    if isinstance(value, gin.config.ConfigurableReference) or value is gin.REQUIRED:
+      continue  # %gin.REQUIRED, %OTHER_MACRO, @f(): checked where they are used.
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+      source = [b for b in bindings if (m := _MACRO_BINDING.match(b)) and m.group(1) == name]
+      where = f" (set by {source[-1]!r})" if source else " (set in the gin files)"
+      raise ValueError(f"gin macro {name} = {value!r} has type {type(value).__name__}, but must be "
+                       f"{_type_names(types)}{where}")
+
+
+def check_positive_int(name: str, value) -> None:
+  """For the trainer's own arguments (callers that bypass gin): a clear error naming `name`."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
 
 
 def parse_gin_flags() -> None:

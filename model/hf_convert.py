@@ -36,6 +36,11 @@ from model.config import GemmaConfig
 
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 _TORCH_DTYPE_NAMES = {"float32", "float16", "bfloat16"}
+# transformers config fields of later Gemmas (and other models) that Gemma 1 does not have: each
+# must be absent, None or False, else the import is refused rather than silently ignored.
+_NOT_IN_GEMMA_1 = ("rope_scaling", "sliding_window", "attn_logit_softcapping",
+                   "final_logit_softcapping", "query_pre_attn_scalar",
+                   "use_bidirectional_attention", "layer_types", "use_sliding_window")
 
 
 # ---------------------------------------------------------------- configs
@@ -84,6 +89,14 @@ def from_hf_config(hf_config: Mapping[str, Any], **overrides) -> GemmaConfig:
     raise ValueError(f"unsupported rms_norm_eps {hf_config['rms_norm_eps']}; this model uses 1e-6")
   if hf_config.get("attention_bias") or not hf_config.get("tie_word_embeddings", True):
     raise ValueError("attention biases and untied LM heads are not part of Gemma 1")
+  present = {k: hf_config[k] for k in _NOT_IN_GEMMA_1 if hf_config.get(k) not in (None, False)}
+  if present:
+    raise ValueError(f"settings Gemma 1 does not have: {present}; this model cannot represent them")
+  rope = dict(hf_config.get("rope_parameters") or {})
+  if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type", "rope_theta"}:
+    raise ValueError(f"unsupported rope_parameters {rope}; Gemma 1 uses default RoPE (theta only)")
+  if float(hf_config.get("attention_dropout") or 0.0) != 0.0:
+    raise ValueError(f"attention_dropout {hf_config['attention_dropout']}: Gemma 1 has no dropout")
   hidden, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
   fields = dict(
       num_layers=hf_config["num_hidden_layers"],
@@ -101,10 +114,18 @@ def from_hf_config(hf_config: Mapping[str, Any], **overrides) -> GemmaConfig:
 # ---------------------------------------------------------------- state dicts
 
 
-def _as_numpy(value) -> np.ndarray:
-  """numpy float32 copy of a numpy / jax / torch array (torch bf16 is upcast first)."""
+def _as_numpy(value, name: str = "tensor") -> np.ndarray:
+  """numpy float32 copy of a floating numpy / jax / torch array (torch bf16 is upcast first).
+
+  Integer, bool and complex tensors are refused: casting them would make up weights.
+  """
   if hasattr(value, "detach"):  # torch.Tensor, without importing torch.
+    if not value.dtype.is_floating_point:  # False for ints, bools and complex.
+      raise ValueError(f"HF tensor {name} has dtype {value.dtype}; weights must be floating point")
     return value.detach().float().cpu().numpy()
+  dtype = np.asarray(value).dtype
+  if not (np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16):
+    raise ValueError(f"HF tensor {name} has dtype {dtype}; weights must be floating point")
   return np.asarray(value, np.float32)
 
 
@@ -139,7 +160,7 @@ def from_hf_state_dict(state_dict: Mapping[str, Any], config: GemmaConfig):
     if name not in sd:
       raise ValueError(f"HF state dict has no {name!r} (or 'model.{name}')")
     used.add(name)
-    value = _as_numpy(sd[name])
+    value = _as_numpy(sd[name], name)
     if value.shape != shape:
       raise ValueError(f"HF tensor {name} has shape {value.shape}, expected {shape} for this config")
     return value
@@ -162,7 +183,8 @@ def from_hf_state_dict(state_dict: Mapping[str, Any], config: GemmaConfig):
     }
   if "lm_head.weight" in sd:
     used.add("lm_head.weight")
-    if not np.array_equal(_as_numpy(sd["lm_head.weight"]), params["embedder"]["input_embedding"]):
+    if not np.array_equal(_as_numpy(sd["lm_head.weight"], "lm_head.weight"),
+                          params["embedder"]["input_embedding"]):
       raise ValueError("lm_head.weight differs from embed_tokens.weight; Gemma ties them")
   unused = sorted(set(sd) - used - {name for name in sd if name.endswith("rotary_emb.inv_freq")})
   if unused:
@@ -187,12 +209,23 @@ def export_hf(params, config: GemmaConfig, out_dir: str, dtype: str = "float32")
 
 
 def import_hf(model_dir: str, **config_overrides):
-  """(GemmaConfig, params) from a directory with config.json and one or more *.safetensors files."""
+  """(GemmaConfig, params) from a directory with config.json and one or more *.safetensors files.
+
+  The params keep the checkpoint's dtype (config.json `dtype` / `torch_dtype`) unless
+  `param_dtype` is given.
+  """
   config_path = os.path.join(model_dir, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"no config.json in {model_dir}")
   with open(config_path) as f:
-    config = from_hf_config(json.load(f), **config_overrides)
+    hf_config = json.load(f)
+  saved_dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
+  if saved_dtype is not None and "param_dtype" not in config_overrides:
+    if saved_dtype not in _TORCH_DTYPE_NAMES:
+      raise ValueError(f"{config_path}: dtype {saved_dtype!r} is not one of "
+                       f"{sorted(_TORCH_DTYPE_NAMES)}; pass param_dtype= to choose one")
+    config_overrides["param_dtype"] = saved_dtype
+  config = from_hf_config(hf_config, **config_overrides)
   files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
   if not files:
     raise FileNotFoundError(f"no *.safetensors files in {model_dir}")

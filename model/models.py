@@ -170,14 +170,27 @@ class DecoderOnlyModel:
           hint = (f" (vocab mismatch: params have {got_paths[path].shape[0]} rows, "
                   f"config.vocab_size is {self.config.vocab_size})")
         raise ValueError(f"param {path} has shape {tuple(got_paths[path].shape)}, expected {tuple(want.shape)}{hint}")
+      if jnp.dtype(got_paths[path].dtype) != jnp.dtype(want.dtype):
+        raise ValueError(f"param {path} has dtype {jnp.dtype(got_paths[path].dtype)}, expected {want.dtype} "
+                         f"(config.param_dtype {self.config.param_dtype!r})")
 
   # ---------------------------------------------------------------- forward
+
+  def in_vocab(self, tokens) -> jax.Array:
+    """bool: ids in [0, vocab_size). Jitted paths cannot raise on values, so out-of-vocab ids
+    (which would embed as NaN) are replaced by padding, left out of the loss and counted
+    (`loss_fn`'s `invalid_tokens`, which the trainer turns into an error)."""
+    tokens = jnp.asarray(tokens)
+    return (tokens >= 0) & (tokens < self.config.vocab_size)
+
+  def _inputs(self, batch: Batch) -> jax.Array:
+    inputs = jnp.asarray(batch["decoder_input_tokens"])
+    return jnp.where(self.in_vocab(inputs), inputs, 0)
 
   def logits(self, params, batch: Batch) -> jax.Array:
     """float32 [B, L, V] next-token logits for decoder_input_tokens."""
     segment_ids, positions = segments_and_positions(batch)
-    logits, _ = self.module.apply({"params": params}, jnp.asarray(batch["decoder_input_tokens"]), positions,
-                                  segment_ids)
+    logits, _ = self.module.apply({"params": params}, self._inputs(batch), positions, segment_ids)
     return logits
 
   def token_statistics(self, params, batch: Batch) -> dict[str, jax.Array]:
@@ -188,9 +201,10 @@ class DecoderOnlyModel:
     [B, L, V] float32 logits never exist at once; the numbers are the same.
     """
     segment_ids, positions = segments_and_positions(batch)
-    hidden, _ = self.module.apply({"params": params}, jnp.asarray(batch["decoder_input_tokens"]), positions,
+    hidden, _ = self.module.apply({"params": params}, self._inputs(batch), positions,
                                   segment_ids, method=Transformer.hidden_states)
     targets = jnp.asarray(batch["decoder_target_tokens"])
+    targets = jnp.where(self.in_vocab(targets), targets, 0)
 
     def chunk_statistics(hidden_chunk, targets_chunk):
       logits = self.module.apply({"params": params}, hidden_chunk, method=Transformer.logits)
@@ -207,7 +221,10 @@ class DecoderOnlyModel:
     targets = jnp.asarray(batch["decoder_target_tokens"])
     weights = batch.get("decoder_loss_weights")
     weights = (targets > 0) if weights is None else jnp.asarray(weights)
-    weights = weights.astype(jnp.float32)
+    weights = weights.astype(jnp.float32) * self.in_vocab(targets)
+    invalid = (jnp.sum(~self.in_vocab(targets))
+               + jnp.sum(~self.in_vocab(batch["decoder_input_tokens"]))).astype(jnp.float32)
+    targets = jnp.where(self.in_vocab(targets), targets, 0)
     loss, z_loss, weight_sum = _weighted_sums(stats, self.config.vocab_size, targets, weights, self.label_smoothing,
                                               self.z_loss, self.loss_normalizing_factor)
     if self.loss_normalizing_factor is None:
@@ -222,6 +239,7 @@ class DecoderOnlyModel:
         "accuracy": jnp.sum(correct * weights) / jnp.maximum(weight_sum, 1e-8),
         "num_tokens": jnp.sum(targets > 0).astype(jnp.float32),
         "weight_sum": weight_sum,
+        "invalid_tokens": invalid,
     }
     return loss, metrics
 
@@ -231,25 +249,32 @@ class DecoderOnlyModel:
     targets = jnp.asarray(batch["decoder_target_tokens"])
     weights = batch.get("decoder_loss_weights")
     weights = (targets > 0) if weights is None else jnp.asarray(weights)
+    weights = weights.astype(jnp.float32) * self.in_vocab(targets)
     token_scores = stats["target_logit"] - stats["log_z"]
-    return jnp.sum(token_scores * weights.astype(jnp.float32), axis=-1)
+    return jnp.sum(token_scores * weights, axis=-1)
 
   # ---------------------------------------------------------------- decoding
 
-  def predict_batch(self, params, batch: Batch, rng=None, *, max_decode_len: int = 64, method: str = "greedy",
+  def predict_batch(self, params, batch: Batch, rng=None, *, bos_id: int, stop_tokens,
+                    max_decode_len: int = 64, method: str = "greedy",
                     temperature: float = 1.0, top_k: int = 40, top_p: float = 0.95, num_beams: int = 4,
-                    brevity_alpha: float = 0.6, stop_tokens=decoding.DEFAULT_STOP_TOKENS,
-                    return_scores: bool = False):
+                    brevity_alpha: float = 0.6, return_scores: bool = False):
     """int32 [B, max_decode_len] continuations of the prompts in batch['decoder_input_tokens'].
 
     Prompts are rows of token ids padded with 0 on either side; BOS is
-    prepended to rows that do not start with it. Generation stops at any of
-    `stop_tokens` (kept in the output); later slots are 0. `method` is one of
+    prepended to rows that do not start with it (and only to those: a batch of
+    prompts that start with BOS keeps its length). Generation stops at any of
+    `stop_tokens` (kept in the output); later slots are 0. `bos_id` and
+    `stop_tokens` are the vocabulary's (`tasks.special_tokens`: `.bos`, `.stop_ids`). `method` is one of
     greedy, temperature, top_k, top_p, beam. With return_scores=True, also
     returns float32 [B] log-probabilities of the continuations (beam:
     brevity-normalised scores).
     """
-    prompts = decoding.left_pad_with_bos(jnp.asarray(batch["decoder_input_tokens"]))
+    prompts = decoding.left_pad_with_bos(jnp.asarray(batch["decoder_input_tokens"]), bos_id)
+    # left_pad_with_bos adds a column for BOS; where no row needed it, that column is all
+    # padding and would only cost a position of the cache (max_seq_len): drop it.
+    first_used = int(jnp.argmax(jnp.any(prompts != decoding.PAD_ID, axis=0)))
+    prompts = prompts[:, first_used:]
     if method == "beam":
       tokens, scores = decoding.beam_search(self.config, params, prompts, max_decode_len=max_decode_len,
                                             num_beams=num_beams, brevity_alpha=brevity_alpha,

@@ -1,7 +1,7 @@
 """Building blocks of the Gemma 1 decoder: embedder, RMSNorm, RoPE, attention, GeGLU MLP, block.
 
 Conventions (named dims in einsums):
-  B batch, T query length, S key length, D embed_dim, N query heads,
+  B batch, T query length, S key length, M = B * T tokens (`token_einsum`), D embed_dim, N query heads,
   K key/value heads, G query heads per kv head (N = K * G), H head_dim,
   F hidden_dim (FFN width per GeGLU branch), V vocab.
 
@@ -29,6 +29,19 @@ ROPE_BASE_FREQUENCY = 10_000
 RMS_NORM_EPS = 1e-6
 # Added to masked attention logits (in float32) before the softmax.
 _MASK_VALUE = -2.3819763e38
+
+
+def token_einsum(equation: str, x: jax.Array, w: jax.Array, **kwargs) -> jax.Array:
+  """`jnp.einsum(equation, x, w)` with x's leading [B, T] axes folded into one token axis M.
+
+  The equation names the token axis M ("MD,DF->MF"); the result gets [B, T] back. Same numbers
+  as the [B, T] einsum, but the weight gradient becomes one plain matmul contracting M: with B
+  and T as two contracting axes XLA's CPU backend emits a transpose copy and a slower generic
+  dot for it (measured in docs/model_benchmarks.md).
+  """
+  lead = x.shape[:2]
+  out = jnp.einsum(equation, x.reshape((lead[0] * lead[1],) + x.shape[2:]), w, **kwargs)
+  return out.reshape(lead + out.shape[1:])
 
 
 def _dense_init(in_axis, out_axis, batch_axis=()):
@@ -66,7 +79,7 @@ class Embedder(nn.Module):
   def decode(self, x: jax.Array) -> jax.Array:
     """[B, T, D] -> float32 logits [B, T, V] through the transposed embedding."""
     table = self.input_embedding.astype(self.config.compute_dtype)
-    return jnp.einsum("BTD,VD->BTV", x, table, preferred_element_type=jnp.float32)
+    return token_einsum("MD,VD->MV", x, table, preferred_element_type=jnp.float32)
 
 
 class RMSNorm(nn.Module):
@@ -189,9 +202,9 @@ class Attention(nn.Module):
                        nn.with_logical_partitioning(_dense_init((0, 1), 2), ("heads", "kv", "embed")),
                        (cfg.num_heads, cfg.head_dim, cfg.embed_dim), cfg.weight_dtype)
 
-    query = jnp.einsum("BTD,NDH->BTNH", x, q_w.astype(dtype))
-    key = jnp.einsum("BSD,KDH->BSKH", x, kv_w[0].astype(dtype))
-    value = jnp.einsum("BSD,KDH->BSKH", x, kv_w[1].astype(dtype))
+    query = token_einsum("MD,NDH->MNH", x, q_w.astype(dtype))
+    key = token_einsum("MD,KDH->MKH", x, kv_w[0].astype(dtype))
+    value = token_einsum("MD,KDH->MKH", x, kv_w[1].astype(dtype))
     query = apply_rope(query, positions) * jnp.asarray(cfg.head_dim**-0.5, dtype)
     key = apply_rope(key, positions)
 
@@ -211,7 +224,7 @@ class Attention(nn.Module):
     else:
       encoded = map_chunks(attend, (query, mask), cfg.attention_chunk_size)
     encoded = encoded.reshape(batch, length, cfg.num_heads, cfg.head_dim)
-    return jnp.einsum("BTNH,NHD->BTD", encoded, out_w.astype(dtype)), new_cache
+    return token_einsum("MNH,NHD->MD", encoded, out_w.astype(dtype)), new_cache
 
 
 class FeedForward(nn.Module):
@@ -228,11 +241,11 @@ class FeedForward(nn.Module):
                         (2, cfg.embed_dim, cfg.hidden_dim), cfg.weight_dtype)
     down = self.param("linear", nn.with_logical_partitioning(_dense_init(0, 1), ("mlp", "embed")),
                       (cfg.hidden_dim, cfg.embed_dim), cfg.weight_dtype)
-    gate = jnp.einsum("BTD,DF->BTF", x, gating[0].astype(dtype))
-    up = jnp.einsum("BTD,DF->BTF", x, gating[1].astype(dtype))
+    gate = token_einsum("MD,DF->MF", x, gating[0].astype(dtype))
+    up = token_einsum("MD,DF->MF", x, gating[1].astype(dtype))
     hidden = jax.nn.gelu(gate, approximate=True) * up
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
-    return jnp.einsum("BTF,FD->BTD", hidden, down.astype(dtype))
+    return token_einsum("MF,FD->MD", hidden, down.astype(dtype))
 
 
 class Block(nn.Module):

@@ -10,11 +10,16 @@ uninterrupted run. With a staged mixture (STAGES, gin/small_cpu_staged.gin) that
 the step (see `model.data.ScheduledDataIterator`), and the resolved stages are written to
 MODEL_DIR/mixture_schedule.json. Evaluation every EVAL_PERIOD steps reports validation loss per
 task and seqio metrics (SEQIO_EVAL_TASKS).
+
+Multi-host: every process runs this module with the same gin files plus --coordinator_address,
+--num_processes and --process_id (`model.launch` starts N of them on one machine); each reads
+its own input shards of every global batch (`Partitioner.data_layout`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -28,12 +33,14 @@ import numpy as np
 import optax
 from absl import flags
 
-from model import gin_utils
+from model import gin_utils, launch
 from model.optimizers import Optimizer, create_optimizer
 from model.partitioning import Partitioner
 # The input pipeline (seqio, TensorFlow), checkpointing (orbax), eval and metric writers (clu) are
 # imported by `train()` itself, so `Trainer` runs where only jax/flax/optax/gin are installed
 # (benchmarks/train_throughput.py on a bare GPU machine).
+
+launch.define_distributed_flags()
 
 if __name__ == "__main__":
   # `python -m model.train` runs the importable module `model.train` instead of this `__main__`
@@ -42,7 +49,7 @@ if __name__ == "__main__":
   gin_utils.run(_train_module.main)
 
 # Metrics summed over microbatches; every other metric is a weight_sum-weighted mean.
-_SUMMED_METRICS = ("num_tokens", "weight_sum")
+_SUMMED_METRICS = ("num_tokens", "weight_sum", "invalid_tokens")
 
 
 # ---- train state and step ----
@@ -160,8 +167,10 @@ def run_fingerprint(trainer: Trainer, cfg: data_lib.DatasetConfig, num_shards: i
                     mixture_schedule: Optional[dict] = None) -> dict:
   """What a checkpoint must share with this run to be resumed by it (saved with every step).
 
-  A staged mixture adds its resolved stages: resuming under other stages would not continue the
-  run's data (a fractional stage start moves when TRAIN_STEPS changes).
+  `num_shards` is the number of input shards of the global batch (not of processes: a run may
+  resume under another process count). A staged mixture adds its resolved stages: resuming
+  under other stages would not continue the run's data (a fractional stage start moves when
+  TRAIN_STEPS changes).
   """
   def shapes(tree):
     return {jax.tree_util.keystr(k): list(v.shape)
@@ -169,7 +178,7 @@ def run_fingerprint(trainer: Trainer, cfg: data_lib.DatasetConfig, num_shards: i
   data = {"mixture_or_task_name": cfg.mixture_or_task_name,
           "task_feature_lengths": dict(cfg.task_feature_lengths), "split": cfg.split,
           "batch_size": cfg.batch_size, "shuffle": cfg.shuffle, "seed": cfg.seed,
-          "pack": cfg.pack, "num_hosts": num_shards}
+          "pack": cfg.pack, "data_shards": num_shards}
   if mixture_schedule is not None:
     data["mixture_schedule"] = mixture_schedule
   return {
@@ -194,13 +203,32 @@ class MetricsLogger:
     if self.is_chief:
       self._truncate_after(resume_step)
 
+  def _read(self) -> list[dict]:
+    """The records of metrics.jsonl. A torn last line (a kill during a write) is dropped with a
+    warning; a bad line anywhere else is an error naming the file and line."""
+    if not os.path.exists(self.jsonl_path):
+      return []
+    with open(self.jsonl_path) as f:
+      lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        if any(rest.strip() for rest in lines[number:]):
+          raise ValueError(f"{self.jsonl_path} line {number} is not JSON ({e}); only a torn "
+                           "last line is tolerated") from None
+        logging.warning("Dropping the torn last line %d of %s: %r", number, self.jsonl_path,
+                        line[:200])
+    return records
+
   def _truncate_after(self, step: int) -> None:
     """Drops records of steps a restart will redo, so the file reads as one clean run."""
     if not os.path.exists(self.jsonl_path):
       return
-    with open(self.jsonl_path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
-    keep = [r for r in records if r["step"] <= step]
+    keep = [r for r in self._read() if r["step"] <= step]
     tmp = self.jsonl_path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in keep)
@@ -214,10 +242,7 @@ class MetricsLogger:
         f.write(json.dumps({"split": split, "step": step, **scalars}, sort_keys=True) + "\n")
 
   def records(self, split: str = "train") -> list[dict]:
-    if not os.path.exists(self.jsonl_path):
-      return []
-    with open(self.jsonl_path) as f:
-      return [r for r in map(json.loads, filter(str.strip, f)) if r["split"] == split]
+    return [r for r in self._read() if r["split"] == split]
 
   def close(self) -> None:
     for writer in self.writers.values():
@@ -278,13 +303,14 @@ def train(*,
   from model.checkpoints import CheckpointConfig, Checkpointer, load_params, resolve_checkpoint_path
   checkpoint_cfg = checkpoint_cfg or CheckpointConfig()
   # Everything that can be wrong with the configuration is checked before any compute.
-  if total_steps is None or total_steps < 1:
-    raise ValueError(f"TRAIN_STEPS must be a positive int, got {total_steps}")
-  if not model_dir:
-    raise ValueError("MODEL_DIR must be set")
-  for name, value in (("log_period", log_period), ("num_microbatches", num_microbatches)):
-    if value < 1:
-      raise ValueError(f"{name} must be >= 1, got {value}")
+  for name, value in (("TRAIN_STEPS (train.total_steps)", total_steps),
+                      ("LOG_PERIOD (train.log_period)", log_period),
+                      ("NUM_MICROBATCHES (train.num_microbatches)", num_microbatches),
+                      ("BATCH_SIZE (DatasetConfig.batch_size)", train_dataset_cfg.batch_size),
+                      ("SAVE_PERIOD (CheckpointConfig.save_period)", checkpoint_cfg.save_period)):
+    gin_utils.check_positive_int(name, value)
+  if not model_dir or not isinstance(model_dir, str):
+    raise ValueError(f"MODEL_DIR (train.model_dir) must be a non-empty path, got {model_dir!r}")
   gin_utils.register_data_dir(data_dir)
   cfg = train_dataset_cfg
   data_lib.get_task_or_mixture(cfg.mixture_or_task_name)
@@ -300,10 +326,13 @@ def train(*,
   seqio_eval_names = eval_lib.resolve_seqio_eval_tasks(seqio_eval_tasks, data_dir) \
       if eval_period and eval_dataset_cfg is not None else []
   os.makedirs(model_dir, exist_ok=True)
-  shard_id, num_shards = partitioner.data_shard
-  data_iter = data_lib.get_train_iterator(cfg, total_steps, shard_id, num_shards)
-  staged = isinstance(data_iter, data_lib.ScheduledDataIterator)
-  schedule_json = write_mixture_schedule(data_iter, cfg, model_dir, total_steps) if staged else None
+  layout = partitioner.data_layout(cfg.batch_size)
+  num_shards = layout.num_shards
+  data_iter = data_lib.get_sharded_train_iterator(cfg, total_steps, layout.local_shards,
+                                                  num_shards, layout.saved_shards)
+  staged = data_iter.staged
+  schedule_json = write_mixture_schedule(data_iter.first, cfg, model_dir, total_steps) \
+      if staged else None
   trainer = Trainer(model, optimizer, partitioner, num_microbatches, seed)
   checkpointer = Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_cfg)
 
@@ -314,9 +343,9 @@ def train(*,
   if restored is not None:
     start_step, params, opt_state = restored
     state = trainer.state_from(start_step, params, opt_state)
-    if staged and data_iter.step != start_step:
+    if staged and any(it.step != start_step for it in data_iter.iterators.values()):
       raise ValueError(f"Checkpoint step {start_step} holds the data position of step "
-                       f"{data_iter.step}; the checkpoint is inconsistent")
+                       f"{data_iter.first.step}; the checkpoint is inconsistent")
     print(f"Resuming from checkpoint step {start_step} in {model_dir}", flush=True)
   else:
     start_step = 0
@@ -335,6 +364,10 @@ def train(*,
     nonlocal period_start, period_tokens, run_tokens
     fetched = jax.device_get([m for _, m in pending])
     for (s, _), metrics in zip(pending, fetched):
+      if float(metrics.get("invalid_tokens", 0)):
+        raise ValueError(f"Step {s}: the batch held {int(metrics['invalid_tokens'])} token ids "
+                         f"outside [0, {model.config.vocab_size}) (vocab_size); the data does not "
+                         "match the model's vocabulary")
       period_tokens += float(metrics["num_tokens"])
       if jax.process_index() == 0:
         logger.write("train", s, {**metrics, "perplexity": math.exp(min(float(metrics["cross_ent_loss"]), 50.0))})
@@ -373,7 +406,7 @@ def train(*,
   eval_results = None
   try:
     while step < total_steps:
-      batch = partitioner.shard_batch(next(data_iter))
+      batch = partitioner.shard_batch(next(data_iter), cfg.batch_size)
       state, metrics = trainer.train_step(state, batch)
       if staged:  # Examples of the step's block that did not fit its rows (see data.py).
         metrics = dict(metrics, data_dropped_examples=float(data_iter.last_dropped))
@@ -440,6 +473,7 @@ def write_mixture_schedule(data_iter, cfg, model_dir: str, total_steps: int) -> 
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {argv[1:]}")
+  launch.initialize_from_flags()  # Multi-process runs (model/launch.py); before any JAX use.
   from model import checkpoints, data  # noqa: F401  Their configurables appear in the gin files.
   gin_utils.parse_gin_flags()
   train()

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
 import uuid
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -43,6 +45,58 @@ class StageError(RuntimeError):
   """A stage was given input it cannot use (missing, half written, malformed config)."""
 
 
+# ----------------------------------------------------------------------------- error policy
+#
+# One rule for every DoFn and reader (docs/reliability.md): a failure caused by one element (a
+# record, a response, a line) becomes a counted reject with a specific reason and the exception's
+# type and message in the reject record; only configuration errors (StageError) and failures of
+# the machine itself (MemoryError) fail the job. At web scale every kind of malformed input
+# occurs, and on Dataflow an exception in a DoFn fails its bundle, then after retries the job.
+
+JOB_ERRORS = (StageError, MemoryError)
+
+
+def error_text(error: BaseException) -> str:
+  """``Type: message`` of an exception, bounded, for reject records and fetch logs."""
+  return f"{type(error).__name__}: {error}"[:500]
+
+
+def per_element(stage: str, reason: str):
+  """Decorates a ``DoFn.process``: an exception on one element becomes one ``reason`` reject.
+
+  The outputs of an element are collected before any is emitted, so a failing element yields
+  its reject and nothing else: the accounting identity holds whatever the element holds.
+  """
+  def decorate(process):
+    @functools.wraps(process)
+    def guarded(self, element, *args, **kwargs):
+      try:
+        outputs = list(process(self, element, *args, **kwargs) or ())
+      except JOB_ERRORS:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # The policy above.
+        outputs = [reject(stage, reason, element_as_doc(element), error=error_text(e))]
+      yield from outputs
+    return guarded
+  return decorate
+
+
+def element_as_doc(element: Any) -> Doc:
+  """The element as a reject's ``doc``: itself if it is a document that can be written, else a
+  bounded ``repr`` (what a reader needs to find the element again)."""
+  if isinstance(element, tuple) and element and isinstance(element[0], dict):
+    element = element[0]  # (doc, extra) pairs of tag-then-filter steps.
+  if isinstance(element, dict):
+    try:
+      dumps(element).encode("utf-8")
+      return element
+    except (TypeError, ValueError, RecursionError):
+      pass
+    doc_id = element.get("id")
+    return {"id": doc_id if isinstance(doc_id, str) else "", "raw": ascii(element)[:1000]}
+  return {"id": "", "raw": ascii(element)[:1000]}
+
+
 # ----------------------------------------------------------------------------- arguments
 
 
@@ -54,12 +108,17 @@ def parse_stage_args(
   parser.add_argument("--input", required=True, help="Input directory or file pattern.")
   parser.add_argument("--output_dir", required=True, help="Directory the stage writes.")
   parser.add_argument(
-      "--num_shards", type=int, default=4, help="Number of output shards of kept documents."
+      "--num_shards", type=int, default=0,
+      help="Number of output shards of kept documents (default 0: from the data, see "
+      "--target_shard_bytes).",
   )
   parser.add_argument(
-      "--num_reject_shards", type=int, default=1,
-      help="Number of shards of rejected documents; raise it at scale (each shard is written by "
-      "one worker).",
+      "--num_reject_shards", type=int, default=0,
+      help="Number of shards of rejected documents (default 0: from the data).",
+  )
+  parser.add_argument(
+      "--target_shard_bytes", type=int, default=DEFAULT_TARGET_SHARD_BYTES,
+      help="Bytes of JSON per output shard when the shard count comes from the data.",
   )
   if add_args is not None:
     add_args(parser)
@@ -80,12 +139,45 @@ def stable_hash(text: str) -> int:
   return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
+_SHARD_RE = re.compile(r"(.*)-(\d{5,})-of-(\d{5,})\.([a-z0-9.]+)$")
+
+
+def check_shards_complete(files: Sequence[str], what: str) -> None:
+  """Raises StageError unless every shard named by the files' ``-of-NNNNN`` is among them.
+
+  A marker says the writer finished; it does not prove that every shard survived a copy or a
+  partial delete. Files that do not follow the shard naming are refused too.
+  """
+  groups: dict[tuple[str, str, int], set[int]] = {}
+  for path in files:
+    match = _SHARD_RE.match(path)
+    if not match:
+      raise StageError(f"{what}: {path} is not named <prefix>-XXXXX-of-NNNNN.<ext>.")
+    prefix, index, total, ext = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
+    if index >= total:
+      raise StageError(f"{what}: {path} has shard index {index} >= its shard count {total}.")
+    groups.setdefault((prefix, ext, total), set()).add(index)
+  if len({(prefix, ext) for prefix, ext, _ in groups}) != len(groups):
+    counts = sorted({total for _, _, total in groups})
+    raise StageError(f"{what}: shards of different counts {counts} are mixed in one directory.")
+  missing = [f"{prefix}-{i:05d}-of-{total:05d}.{ext}"
+             for (prefix, ext, total), present in sorted(groups.items())
+             for i in range(total) if i not in present]
+  if missing:
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    raise StageError(f"{what}: {len(missing)} shard(s) missing: {shown}.")
+
+
 def stage_input_files(input_path: str) -> list[str]:
-  """The document shards of a finished stage directory (or the files matching a pattern)."""
+  """The document shards of a finished stage directory (or the files matching a pattern).
+
+  A stage directory must hold ``_SUCCESS`` and every shard its ``-of-NNNNN`` names
+  (:func:`check_shards_complete`); :class:`ReadDocs` also checks the line count against the
+  ``kept`` of its ``stats.json``.
+  """
   directory = input_path.rstrip("/")
   # Object stores have no directories: a stage directory is recognised by the files under it.
-  is_directory = bool(FileSystems.match([directory + "/*"])[0].metadata_list) or (
-      _is_local(directory) and os.path.isdir(directory))
+  is_directory = is_stage_directory(directory)
   marker = FileSystems.join(directory, SUCCESS_MARKER)
   if is_directory:
     if not FileSystems.exists(marker):
@@ -98,29 +190,96 @@ def stage_input_files(input_path: str) -> list[str]:
   files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
   if not files:
     raise StageError(f"No input files match {pattern}.")
+  if is_directory:
+    check_shards_complete(files, input_path)
   return files
 
 
-class ReadDocs(beam.PTransform):
-  """Reads a stage directory; lines that are not JSON objects with a text are counted as drops.
+def is_stage_directory(path: str) -> bool:
+  directory = path.rstrip("/")
+  return bool(FileSystems.match([directory + "/*"])[0].metadata_list) or (
+      _is_local(directory) and os.path.isdir(directory))
 
-  Outputs a tagged PCollection: documents on the main output, ``(reason, record)`` on ``rejects``.
+
+def expected_kept(input_path: str) -> int | None:
+  """``kept`` of a stage directory's ``stats.json`` (None without one: a hand-made directory)."""
+  directory = input_path.rstrip("/")
+  if not is_stage_directory(directory) or not FileSystems.exists(
+      FileSystems.join(directory, STATS_FILE)):
+    return None
+  try:
+    kept = read_stats(directory)["kept"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise StageError(f"{directory}/{STATS_FILE} is unreadable: {error_text(e)}") from None
+  if not isinstance(kept, int):
+    raise StageError(f"{directory}/{STATS_FILE} has a non-integer kept: {kept!r}")
+  return kept
+
+
+def _check_line_count(count: int, input_path: str, kept: int) -> None:
+  if count != kept:
+    raise StageError(
+        f"{input_path}: {count} document lines, but its {STATS_FILE} says the stage kept {kept}; "
+        "a shard is truncated or was replaced."
+    )
+
+
+class ReadDocs(beam.PTransform):
+  """Reads a stage directory; lines that are not valid documents are counted as drops.
+
+  Outputs a tagged PCollection: documents on the main output, reject records on ``rejects``.
+  Lines are read as bytes, so invalid UTF-8 is one ``bad_record``, not a failed reader.
   """
 
   def __init__(self, input_path: str, stage: str):
     super().__init__()
+    self._input_path = input_path
     self._files = stage_input_files(input_path)
+    self._expected = expected_kept(input_path)
     self._stage = stage
 
   def expand(self, pbegin):
     lines = (
         pbegin
         | "Files" >> beam.Create(self._files)
-        | "ReadLines" >> beam.io.ReadAllFromText()
+        | "ReadLines" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder())
     )
+    if self._expected is not None:
+      _ = (lines
+           | "CountLines" >> beam.combiners.Count.Globally()
+           | "CheckCount" >> beam.Map(_check_line_count, self._input_path, self._expected))
     return lines | "Parse" >> beam.ParDo(_ParseDoc(self._stage)).with_outputs(
         REJECTS_TAG, main="docs"
     )
+
+
+def parse_doc(line: bytes | str) -> tuple[Doc | None, str, str]:
+  """``(doc, "", "")`` for a valid document line, else ``(None, reason, error)``.
+
+  Valid: a JSON object with a string ``id`` and ``text``, ``scores``/``pii`` (if present) JSON
+  objects, and nothing that cannot be written back as UTF-8 (a lone surrogate escape).
+  """
+  try:
+    text = line.decode("utf-8") if isinstance(line, bytes) else line
+  except UnicodeDecodeError as e:
+    return None, "bad_record", error_text(e)
+  try:
+    doc = json.loads(text)
+  except (ValueError, RecursionError) as e:
+    return None, "bad_json", error_text(e)
+  if not isinstance(doc, dict):
+    return None, "bad_record", f"a JSON {type(doc).__name__}, not an object"
+  for field in ("id", "text"):
+    if not isinstance(doc.get(field), str):
+      return None, "bad_record", f"{field!r} is {type(doc.get(field)).__name__}, not a string"
+  for field in ("scores", "pii"):
+    if field in doc and not isinstance(doc[field], dict):
+      return None, "bad_record", f"{field!r} is {type(doc[field]).__name__}, not an object"
+  try:
+    dumps(doc).encode("utf-8")
+  except (UnicodeEncodeError, ValueError, RecursionError) as e:
+    return None, "bad_record", error_text(e)
+  return doc, "", ""
 
 
 class _ParseDoc(beam.DoFn):
@@ -128,15 +287,12 @@ class _ParseDoc(beam.DoFn):
   def __init__(self, stage: str):
     self._stage = stage
 
-  def process(self, line: str):
+  def process(self, line: bytes):
     Metrics.counter(self._stage, "in").inc()
-    try:
-      doc = json.loads(line)
-    except json.JSONDecodeError:
-      yield reject(self._stage, "bad_json", {"id": "", "raw": line[:1000]})
-      return
-    if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or "id" not in doc:
-      yield reject(self._stage, "bad_record", {"id": "", "raw": line[:1000]})
+    doc, reason, error = parse_doc(line)
+    if doc is None:
+      raw = line.decode("utf-8", "backslashreplace") if isinstance(line, bytes) else line
+      yield reject(self._stage, reason, {"id": "", "raw": raw[:1000]}, error=error)
       return
     yield doc
 
@@ -144,10 +300,31 @@ class _ParseDoc(beam.DoFn):
 def reject(stage: str, reason: str, doc: Doc, **details: Any) -> beam.pvalue.TaggedOutput:
   """Counts a dropped document and routes it to the stage's rejects output."""
   Metrics.counter(stage, f"dropped.{reason}").inc()
-  record = {"id": doc.get("id", ""), "reason": reason, "doc": doc}
+  doc_id = doc.get("id", "")
+  record = {"id": doc_id if isinstance(doc_id, str) else "", "reason": reason, "doc": doc}
   if details:
     record["details"] = details
+  try:
+    dumps(record).encode("utf-8")
+  except (UnicodeEncodeError, TypeError, ValueError, RecursionError):
+    record = _writable(record)  # A reject must never fail the writer (docs/reliability.md).
   return beam.pvalue.TaggedOutput(REJECTS_TAG, record)
+
+
+def _writable(value: Any, depth: int = 0) -> Any:
+  """A copy of a reject record that can be written: lone surrogates escaped as ``\\udXXX``,
+  anything that is not JSON as its ``ascii`` repr, nesting bounded."""
+  if isinstance(value, str):
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+  if value is None or isinstance(value, (bool, int, float)):
+    return value
+  if depth > 20:
+    return ascii(value)[:1000]
+  if isinstance(value, dict):
+    return {_writable(str(k)): _writable(v, depth + 1) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_writable(v, depth + 1) for v in value]
+  return ascii(value)[:1000]
 
 
 def keep(stage: str, doc: Doc) -> Doc:
@@ -159,40 +336,63 @@ def keep(stage: str, doc: Doc) -> Doc:
 # ----------------------------------------------------------------------------- output
 
 
+# Output shards follow the data: ~128 MiB of JSON each unless a count is given. Small enough for
+# one worker to sort one shard in memory, large enough that a Common Crawl snapshot is thousands
+# of files, not millions.
+DEFAULT_TARGET_SHARD_BYTES = 128 * 2**20
+
+
+def shards_for(total_bytes: int, target_shard_bytes: int) -> int:
+  """The shard count that keeps every shard near ``target_shard_bytes`` (at least 1)."""
+  return max(1, -(-total_bytes // target_shard_bytes))
+
+
 class WriteSortedShards(beam.PTransform):
   """Writes records to ``<directory>/<prefix>-XXXXX-of-NNNNN.jsonl``, each shard sorted by id.
 
-  Records go to shard ``stable_hash(id) % num_shards``; empty shards are still written, so the
-  set of files depends only on ``num_shards``.
+  ``num_shards`` fixes the count; 0 derives it from the encoded size of the records
+  (:func:`shards_for`). Records go to shard ``stable_hash(id) % num_shards``; empty shards are
+  still written, so the set of files depends only on the count. A worker holds one shard at a
+  time, as (id, line) pairs: lines are encoded once and never parsed again to be sorted.
   """
 
-  def __init__(self, directory: str, prefix: str, num_shards: int):
+  def __init__(self, directory: str, prefix: str, num_shards: int = 0,
+               target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES):
     super().__init__()
-    if num_shards < 1:
-      raise StageError(f"num_shards must be at least 1, got {num_shards}.")
+    if num_shards < 0:
+      raise StageError(f"num_shards must be at least 1 (or 0: from the data), got {num_shards}.")
+    if target_shard_bytes < 1:
+      raise StageError(f"target_shard_bytes must be positive, got {target_shard_bytes}.")
     self._directory = directory
     self._prefix = prefix
     self._num_shards = num_shards
+    self._target_shard_bytes = target_shard_bytes
 
   def expand(self, records):
-    n = self._num_shards
-    keyed = records | "KeyByShard" >> beam.Map(
-        lambda r: (stable_hash(str(r.get("id", ""))) % n, dumps(r))
-    )
-    empty = keyed.pipeline | "AllShards" >> beam.Create([(i, None) for i in range(n)])
+    rows = records | "Encode" >> beam.Map(lambda r: (str(r.get("id", "")), dumps(r)))
+    if self._num_shards:
+      count = rows.pipeline | "FixedCount" >> beam.Create([self._num_shards])
+    else:
+      target = self._target_shard_bytes
+      count = (rows
+               | "Bytes" >> beam.Map(lambda row: len(row[1].encode("utf-8")) + 1)
+               | "TotalBytes" >> beam.CombineGlobally(sum)
+               | "ShardCount" >> beam.Map(shards_for, target))
+    n = beam.pvalue.AsSingleton(count)
+    keyed = rows | "KeyByShard" >> beam.Map(lambda row, n: (stable_hash(row[0]) % n, row), n)
+    empty = count | "AllShards" >> beam.FlatMap(lambda n: [(i, None) for i in range(n)])
     return (
         (keyed, empty)
         | "Flatten" >> beam.Flatten()
         | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShard" >> beam.Map(self._write_shard)
+        | "WriteShard" >> beam.Map(self._write_shard, n)
     )
 
-  def _write_shard(self, shard_and_lines):
-    shard, lines = shard_and_lines
-    rows = sorted((json.loads(line).get("id", ""), line) for line in lines if line is not None)
-    path = shard_path(self._directory, self._prefix, shard, self._num_shards)
+  def _write_shard(self, shard_and_rows, num_shards: int):
+    shard, rows = shard_and_rows
+    path = shard_path(self._directory, self._prefix, shard, num_shards)
     with FileSystems.create(path) as f:
-      for _, line in rows:
+      for _, line in sorted(row for row in rows if row is not None):
         f.write(line.encode("utf-8") + b"\n")
     return path
 
@@ -208,9 +408,12 @@ class WriteStageOutput(beam.PTransform):
   the stats file can state the accounting identity from independent counts.
   """
 
-  def __init__(self, directory: str, stage: str, num_shards: int, extra_stats=None,
-               num_reject_shards: int = 1):
+  def __init__(self, directory: str, stage: str, num_shards: int = 0, extra_stats=None,
+               num_reject_shards: int = 0, write_kept: bool = True,
+               target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES):
     super().__init__()
+    self._target_shard_bytes = target_shard_bytes
+    self._write_kept = write_kept  # False inside the fused filter job: kept docs flow on unwritten.
     self._directory = directory
     self._stage = stage
     self._num_shards = num_shards
@@ -219,10 +422,12 @@ class WriteStageOutput(beam.PTransform):
 
   def expand(self, pcolls):
     num_in, kept, rejects = pcolls["in"], pcolls["kept"], pcolls["rejects"]
-    kept | "WriteKept" >> WriteSortedShards(self._directory, DOCS_PREFIX, self._num_shards)
+    if self._write_kept:
+      kept | "WriteKept" >> WriteSortedShards(self._directory, DOCS_PREFIX, self._num_shards,
+                                              self._target_shard_bytes)
     rejects | "WriteRejects" >> WriteSortedShards(
-        FileSystems.join(self._directory, REJECTS_DIR), REJECTS_TAG, self._num_reject_shards
-    )
+        FileSystems.join(self._directory, REJECTS_DIR), REJECTS_TAG, self._num_reject_shards,
+        self._target_shard_bytes)
     counts = [
         num_in | "CountIn" >> beam.combiners.Count.Globally() | "TagIn" >> beam.Map(lambda n: ("in", n)),
         kept | "CountKept" >> beam.combiners.Count.Globally() | "TagKept" >> beam.Map(lambda n: ("kept", n)),
@@ -241,10 +446,14 @@ class WriteStageOutput(beam.PTransform):
     return stats
 
   def _write_stats(self, items):
-    stats = make_stats(self._stage, items)
-    with FileSystems.create(FileSystems.join(self._directory, STATS_FILE)) as f:
-      f.write((json.dumps(stats, sort_keys=True, indent=2) + "\n").encode("utf-8"))
-    return stats
+    return write_stats(self._directory, make_stats(self._stage, items))
+
+
+def write_stats(directory: str, stats: dict[str, Any]) -> dict[str, Any]:
+  """Writes ``<directory>/stats.json`` (the one format of every stage's stats file)."""
+  with FileSystems.create(FileSystems.join(directory, STATS_FILE)) as f:
+    f.write((json.dumps(stats, sort_keys=True, indent=2) + "\n").encode("utf-8"))
+  return stats
 
 
 def make_stats(stage: str, items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
@@ -269,9 +478,14 @@ def atomic_output_dir(output_dir: str) -> Iterator[str]:
   """Yields a temporary directory and, if the body succeeds, moves it onto ``output_dir``.
 
   The previous output (if any) is removed only after the new one is complete, and ``_SUCCESS`` is
-  written last, so a killed job never leaves a directory that the next stage would trust.
+  written last, so a killed job never leaves a directory that the next stage would trust. What a
+  killed job did leave (``<output_dir>.tmp-*``) is removed when the next job for the same output
+  starts: one output directory is written by one job at a time (the workflow locks its run).
   """
   output_dir = output_dir.rstrip("/")
+  for stale in stale_tmp_dirs(output_dir):
+    logging.warning("Removing %s, left by a job that did not finish.", stale)
+    _delete_tree(stale)
   tmp_dir = f"{output_dir}.tmp-{uuid.uuid4().hex[:8]}"
   FileSystems.mkdirs(tmp_dir)
   try:
@@ -289,6 +503,19 @@ def atomic_output_dir(output_dir: str) -> Iterator[str]:
     _delete_tree(tmp_dir)
   with FileSystems.create(FileSystems.join(output_dir, SUCCESS_MARKER)) as f:
     f.write(b"")
+
+
+def stale_tmp_dirs(output_dir: str) -> list[str]:
+  """The temporary directories that unfinished jobs writing ``output_dir`` left behind."""
+  pattern = re.compile(re.escape(output_dir) + r"\.tmp-[0-9a-f]{8}$")
+  if _is_local(output_dir):
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    names = os.listdir(parent) if os.path.isdir(parent) else []
+    candidates = [os.path.join(os.path.dirname(output_dir), name) for name in names]
+  else:  # Object stores: the files under <output_dir>.tmp-*/, grouped by directory.
+    found = FileSystems.match([output_dir + ".tmp-*/**"])[0].metadata_list
+    candidates = {m.path[:len(output_dir) + 13] for m in found}
+  return sorted(path for path in candidates if pattern.match(path))
 
 
 def _is_local(path: str) -> bool:
@@ -323,20 +550,16 @@ def run_doc_stage(
       inputs = (parsed.docs, parsed[REJECTS_TAG]) | "AllInputs" >> beam.Flatten()
       result = transform_fn(parsed.docs)
       rejects = (parsed[REJECTS_TAG], result[REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
-      _ = {"in": inputs, "kept": result.kept, "rejects": rejects} | "Write" >> WriteStageOutput(
+      _ = {"in": inputs, "kept": result["kept"], "rejects": rejects} | "Write" >> WriteStageOutput(
           tmp_dir, stage, args.num_shards,
-          num_reject_shards=getattr(args, "num_reject_shards", 1),
+          num_reject_shards=getattr(args, "num_reject_shards", 0),
+          target_shard_bytes=getattr(args, "target_shard_bytes", DEFAULT_TARGET_SHARD_BYTES),
       )
   stats = read_stats(args.output_dir)
   logging.info("%s: %s", stage, json.dumps(stats, sort_keys=True))
   return stats
 
 
-def run_dofn_stage(
-    stage: str, args: argparse.Namespace, options: PipelineOptions, label: str, dofn: beam.DoFn
-) -> dict[str, Any]:
-  """:func:`run_doc_stage` for the common case of one DoFn that keeps or rejects each document."""
-  return run_doc_stage(
-      stage, args, options,
-      lambda docs: docs | label >> beam.ParDo(dofn).with_outputs(REJECTS_TAG, main="kept"),
-  )
+def dofn_transform(label: str, dofn: beam.DoFn):
+  """The ``transform_fn`` of a stage that is one DoFn keeping or rejecting each document."""
+  return lambda docs: docs | label >> beam.ParDo(dofn).with_outputs(REJECTS_TAG, main="kept")

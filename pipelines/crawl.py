@@ -30,7 +30,6 @@ or ``dropped.<reason>``. Safety rules are in :mod:`pipelines.crawl_safety` and
 from __future__ import annotations
 
 import argparse
-import codecs
 import dataclasses
 import hashlib
 import html.parser
@@ -49,9 +48,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from pipelines import common
+from pipelines import common, text_utils
 from pipelines.crawl_fetch import Exchange, FetchConfig, Fetcher, HostState
-from pipelines.crawl_safety import Refused, media_type, normalize_url, origin_of
+from pipelines.crawl_safety import Refused, join_url, media_type, normalize_url, origin_of
 
 STAGE = "crawl"
 FETCH_LOG_PREFIX = "fetches"
@@ -91,7 +90,7 @@ def _outcome(url: str, reason: str, depth: int, origin: str = "", **extra: Any) 
 
 
 class ParseSeed(beam.DoFn):
-  """Normalises a seed URL and keys it by origin; an unusable seed becomes a counted drop."""
+  """Normalises a seed URL and keys it by that URL; an unusable seed becomes a counted drop."""
 
   def process(self, seed: str):
     try:
@@ -99,7 +98,23 @@ class ParseSeed(beam.DoFn):
     except Refused as e:
       yield beam.pvalue.TaggedOutput(OUTCOMES, _outcome(seed, e.reason, 0, detail=e.detail))
       return
-    yield origin_of(url), url
+    except Exception as e:  # The per-element policy (docs/reliability.md).
+      yield beam.pvalue.TaggedOutput(
+          OUTCOMES, _outcome(seed, "bad_url", 0, detail=common.error_text(e)))
+      return
+    yield url, seed
+
+
+def first_seed_per_url(url_and_seeds):
+  """One frontier entry per normalised URL; every other seed line that spells the same URL
+  (``HTTP://Example.com`` and ``http://example.com/``, or the same line twice) is counted as
+  ``duplicate_seed``, naming the URL it duplicates."""
+  url, seeds = url_and_seeds
+  first, *others = sorted(seeds)
+  yield origin_of(url), url
+  for seed in others:
+    yield beam.pvalue.TaggedOutput(
+        OUTCOMES, _outcome(seed, "duplicate_seed", 0, detail=f"same URL as {first!r}: {url}"))
 
 
 # ----------------------------------------------------------------------------- links
@@ -136,12 +151,17 @@ def extract_links(exchange: Exchange) -> list[str]:
   parser.close()
   if parser.nofollow:
     return []
-  base = urllib.parse.urljoin(exchange.url, parser.base) if parser.base else exchange.url
+  base = exchange.url
+  if parser.base:
+    try:
+      base = join_url(exchange.url, parser.base)
+    except Refused:
+      pass  # A malformed <base href> (e.g. "http://[::1"): links resolve against the page.
   links: list[str] = []
   for href in parser.hrefs:
     try:
-      link = normalize_url(urllib.parse.urljoin(base, href.strip()))
-    except (Refused, ValueError):
+      link = join_url(base, href)
+    except Refused:
       continue  # mailto:, javascript:, malformed: not a page to crawl.
     if link not in links:
       links.append(link)
@@ -149,14 +169,11 @@ def extract_links(exchange: Exchange) -> list[str]:
 
 
 def _charset(content_type: str) -> str:
-  """The charset parameter if Python knows it, else UTF-8 (only used to find links)."""
+  """The charset parameter if it names a text encoding, else UTF-8 (only used to find links)."""
   for param in content_type.split(";")[1:]:
     key, _, value = param.partition("=")
     if key.strip().lower() == "charset":
-      try:
-        return codecs.lookup(value.strip().strip("'\"")).name
-      except LookupError:
-        break
+      return text_utils.text_codec(value) or "utf-8"
   return "utf-8"
 
 
@@ -168,13 +185,24 @@ def _record_id(*parts: str) -> str:
   return f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, ' '.join(parts))}>"
 
 
+# Printable ASCII except "%": what stays as it is when a header field is percent-encoded.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def _ascii_field(text: str) -> str:
+  """A status reason or header field as ASCII (warcio refuses anything else): a field with other
+  characters (http.client reads them as Latin-1) is percent-encoded as UTF-8, RFC 8187 style."""
+  return text if text.isascii() else urllib.parse.quote(text, safe=_HEADER_SAFE)
+
+
 def capture_records(exchange: Exchange) -> bytes:
   """The gzipped ``request`` and ``response`` WARC records of one fetched page."""
   digest = hashlib.sha1(exchange.body).hexdigest()
   request_id = _record_id("request", exchange.url, exchange.date, digest)
   response_id = _record_id("response", exchange.url, exchange.date, digest)
   headers = [
-      (f"X-Crawler-{name}" if name.lower() in _TRANSFER_HEADERS else name, value)
+      (_ascii_field(f"X-Crawler-{name}" if name.lower() in _TRANSFER_HEADERS else name),
+       _ascii_field(value))
       for name, value in exchange.headers
   ] + [("Content-Length", str(len(exchange.body)))]
   out = io.BytesIO()
@@ -198,7 +226,8 @@ def capture_records(exchange: Exchange) -> bytes:
       payload=io.BytesIO(exchange.body),
       length=len(exchange.body),
       http_headers=StatusAndHeaders(
-          f"{exchange.status} {exchange.reason}", headers, protocol=exchange.http_version
+          f"{exchange.status} {_ascii_field(exchange.reason)}", headers,
+          protocol=exchange.http_version,
       ),
       warc_headers_dict={
           **common_headers, "WARC-Record-ID": response_id, "WARC-Concurrent-To": request_id
@@ -277,23 +306,35 @@ class FetchHost(beam.DoFn):
         yield _outcome(url, "max_pages", self._depth, origin)
         continue
       budget -= 1
-      try:
-        exchange = fetcher.fetch(url)
-      except Refused as e:
-        yield _outcome(url, e.reason, self._depth, origin, detail=e.detail)
-        continue
-      yield _outcome(
-          url, KEPT, self._depth, origin, final_url=exchange.url, bytes=len(exchange.body)
-      )
-      shard = common.stable_hash(origin) % self._config.num_shards
-      yield beam.pvalue.TaggedOutput(CAPTURES, (shard, (exchange.url, capture_records(exchange))))
-      if self._depth < self._config.max_depth:
-        for link in extract_links(exchange):
-          if self._in_scope(link, exchange.url):
-            yield beam.pvalue.TaggedOutput(LINKS, (origin_of(link), link))
+      yield from self._fetch_one(fetcher, url, origin)
     if origin in fetcher.robots:
       state = HostState(fetcher.robots[origin], fetcher.last_request_at.get(origin, 0.0))
       yield beam.pvalue.TaggedOutput(STATES, (origin, state))
+
+  def _fetch_one(self, fetcher: Fetcher, url: str, origin: str) -> list:
+    """The outputs for one URL: its outcome, and if kept its capture and in-scope links.
+
+    Per-element policy (docs/reliability.md): a failure on this URL that is not a Refused
+    (a bug, a response no check foresaw) is its ``fetch_error`` outcome; the origin's other URLs
+    and the job go on.
+    """
+    try:
+      exchange = fetcher.fetch(url)
+      capture = capture_records(exchange)
+      links = extract_links(exchange) if self._depth < self._config.max_depth else []
+      links = [link for link in links if self._in_scope(link, exchange.url)]
+    except Refused as e:
+      return [_outcome(url, e.reason, self._depth, origin, detail=e.detail)]
+    except common.JOB_ERRORS:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      return [_outcome(url, "fetch_error", self._depth, origin, detail=common.error_text(e))]
+    shard = common.stable_hash(origin) % self._config.num_shards
+    return [
+        _outcome(url, KEPT, self._depth, origin, final_url=exchange.url, bytes=len(exchange.body)),
+        beam.pvalue.TaggedOutput(CAPTURES, (shard, (exchange.url, capture))),
+        *(beam.pvalue.TaggedOutput(LINKS, (origin_of(link), link)) for link in links),
+    ]
 
   def _in_scope(self, link: str, page_url: str) -> bool:
     host = urllib.parse.urlsplit(link).hostname
@@ -311,10 +352,15 @@ def crawl(seeds: beam.PCollection, config: CrawlConfig):
   """The crawl as a graph: seed URL strings -> (outcomes, captures) PCollections."""
   p = seeds.pipeline
   parsed = seeds | "ParseSeeds" >> beam.ParDo(ParseSeed()).with_outputs(OUTCOMES, main="urls")
-  frontier = parsed.urls
+  unique = (
+      parsed.urls
+      | "GroupSeedsByUrl" >> beam.GroupByKey()
+      | "FirstSeedPerUrl" >> beam.ParDo(first_seed_per_url).with_outputs(OUTCOMES, main="urls")
+  )
+  frontier = unique.urls
   seen = p | "NoSeen" >> beam.Create([])
   states = p | "NoState" >> beam.Create([])
-  outcomes, captures = [parsed[OUTCOMES]], []
+  outcomes, captures = [parsed[OUTCOMES], unique[OUTCOMES]], []
   for depth in range(config.max_depth + 1):
     step = f"Depth{depth}"
     fetched = (
@@ -381,13 +427,18 @@ def write_outputs(outcomes, captures, directory: str, config: CrawlConfig) -> No
 
 
 def read_seeds(path: str) -> list[str]:
-  """Seed URLs, one per line; blank lines and ``#`` comments are skipped, duplicates removed."""
+  """Seed URLs, one per line; blank lines and ``#`` comments are skipped. Duplicates are kept
+  here: the job counts each as ``duplicate_seed``."""
   with FileSystems.open(path) as f:
-    lines = f.read().decode("utf-8").splitlines()
+    data = f.read()
+  try:
+    lines = data.decode("utf-8").splitlines()
+  except UnicodeDecodeError as e:
+    raise common.StageError(f"{path} is not UTF-8 text: {e}") from None
   seeds = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
   if not seeds:
     raise common.StageError(f"{path} holds no seed URLs.")
-  return list(dict.fromkeys(seeds))
+  return seeds
 
 
 def seed_hosts(seeds: Iterable[str]) -> frozenset[str]:
@@ -395,7 +446,7 @@ def seed_hosts(seeds: Iterable[str]) -> frozenset[str]:
   for seed in seeds:
     try:
       hosts.add(urllib.parse.urlsplit(normalize_url(seed)).hostname)
-    except Refused:
+    except Exception:  # pylint: disable=broad-except
       pass  # Counted as a drop by ParseSeed.
   return frozenset(hosts)
 
@@ -419,7 +470,12 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
   )
   parser.add_argument(
       "--allow_private_addresses", action="store_true",
-      help="Allow loopback/private/link-local targets (tests and intranet crawls only).",
+      help="Allow loopback/private/link-local targets (intranet crawls only).",
+  )
+  parser.add_argument(
+      "--allow_loopback", action="store_true",
+      help="Allow 127.0.0.0/8 and ::1 only (a server on this machine: tests, local use); every "
+      "other private range stays refused.",
   )
   parser.add_argument("--user_agent", default=defaults.user_agent)
   for name in (
@@ -458,6 +514,7 @@ def config_from_args(args: argparse.Namespace, seeds: Sequence[str]) -> CrawlCon
   fetch = FetchConfig(
       user_agent=args.user_agent,
       allow_private_addresses=args.allow_private_addresses,
+      allow_loopback=args.allow_loopback,
       connect_timeout=args.connect_timeout,
       read_timeout=args.read_timeout,
       total_timeout=args.total_timeout,

@@ -26,6 +26,7 @@ import dataclasses
 import email.utils
 import functools
 import http.client
+import re
 import socket
 import ssl
 import threading
@@ -39,9 +40,9 @@ from pipelines.crawl_safety import (
     BodyDecoder,
     Refused,
     host_and_port,
+    join_url,
     looks_binary,
     media_type,
-    normalize_url,
     origin_of,
     request_target,
     resolve,
@@ -62,6 +63,7 @@ class FetchConfig:
 
   user_agent: str = "gemma-forge-bot/0.1"
   allow_private_addresses: bool = False
+  allow_loopback: bool = False  # 127.0.0.0/8 and ::1 only; other private ranges stay refused.
   connect_timeout: float = 10.0
   read_timeout: float = 20.0
   total_timeout: float = 60.0
@@ -92,7 +94,7 @@ class RobotsRules:
   @functools.cached_property
   def _parser(self) -> urllib.robotparser.RobotFileParser:
     parser = urllib.robotparser.RobotFileParser()
-    parser.parse(self.text.splitlines())
+    parser.parse(robots_lines(self.text))
     return parser
 
   def allows(self, url: str, user_agent: str) -> bool:
@@ -100,7 +102,10 @@ class RobotsRules:
       return True
     if self.mode != "parsed":
       return self.mode == "allow_all"
-    return self._parser.can_fetch(user_agent, url)
+    try:
+      return self._parser.can_fetch(user_agent, url)
+    except ValueError:  # A rule the parser cannot match against: be safe, do not fetch.
+      return False
 
   def crawl_delay(self, user_agent: str) -> float | None:
     if self.mode != "parsed":
@@ -175,6 +180,40 @@ class _Deadline:
       pass  # Already closed.
 
 
+_ASCII_NUMBER = re.compile(r"[0-9]+")
+_ROBOTS_NUMERIC = ("crawl-delay", "request-rate")
+_ROBOTS_PATHS = ("allow", "disallow")
+
+
+def is_ascii_number(value: str) -> bool:
+  """Digits 0-9 only. ``str.isdigit`` is also true for "²" and "١", which ``int`` refuses or
+  reads as a number no HTTP header means."""
+  return bool(_ASCII_NUMBER.fullmatch(value))
+
+
+def robots_lines(text: str) -> list[str]:
+  """The lines of a robots.txt without the ones that make ``urllib.robotparser`` raise.
+
+  It calls ``int`` on any Crawl-delay / Request-rate that passes ``isdigit`` ("²" does) and
+  ``urlparse`` on every rule path (``[`` makes it raise ValueError). Such a line is dropped,
+  as Google's parser ignores lines it cannot read.
+  """
+  kept = []
+  for line in text.splitlines():
+    key, sep, value = line.split("#", 1)[0].partition(":")
+    key, value = key.strip().lower(), value.strip()
+    if sep and key in _ROBOTS_NUMERIC and not all(
+        is_ascii_number(n.strip()) for n in value.split("/") if n.strip()):
+      continue
+    if sep and key in _ROBOTS_PATHS:
+      try:
+        urllib.parse.urlunparse(urllib.parse.urlparse(urllib.parse.unquote(value)))
+      except ValueError:
+        continue
+    kept.append(line)
+  return kept
+
+
 def _warc_date() -> str:
   return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -184,11 +223,11 @@ def parse_retry_after(value: str | None) -> float | None:
   if not value:
     return None
   value = value.strip()
-  if value.isdigit():
+  if is_ascii_number(value):
     return float(value)
   try:
     when = email.utils.parsedate_to_datetime(value)
-  except (TypeError, ValueError):
+  except (TypeError, ValueError, OverflowError, IndexError):
     return None
   if when.tzinfo is None:
     when = when.replace(tzinfo=timezone.utc)
@@ -251,7 +290,7 @@ class Fetcher:
     location = exchange.header("Location")
     if not location:
       raise Refused("http_error", f"HTTP {exchange.status} without Location")
-    return normalize_url(urllib.parse.urljoin(exchange.url, location))
+    return join_url(exchange.url, location)
 
   # --------------------------------------------------------------------------- robots.txt
 
@@ -343,7 +382,8 @@ class Fetcher:
     ``truncate`` keeps the first ``max_bytes`` instead of refusing a longer body (robots.txt).
     """
     host, port = host_and_port(url)
-    addresses = resolve(host, port, self.config.allow_private_addresses)
+    addresses = resolve(host, port, self.config.allow_private_addresses,
+                        self.config.allow_loopback)
     origin = origin_of(url)
     self._wait_turn(origin)
     deadline = _Deadline(self.config.total_timeout)
@@ -433,8 +473,8 @@ class Fetcher:
 
     ``truncate`` keeps the first ``max_bytes`` of a longer body instead of refusing it.
     """
-    declared = response.getheader("Content-Length")
-    if not truncate and declared and declared.isdigit() and int(declared) > max_bytes:
+    declared = (response.getheader("Content-Length") or "").strip()
+    if not truncate and is_ascii_number(declared) and int(declared) > max_bytes:
       raise Refused("body_too_large", f"Content-Length {declared}")
     decoder = BodyDecoder(
         response.getheader("Content-Encoding"), max_bytes, self.config.max_decompression_ratio

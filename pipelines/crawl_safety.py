@@ -80,9 +80,22 @@ def normalize_url(url: str) -> str:
   netloc = f"[{host}]" if ":" in host else host
   if port is not None and port != DEFAULT_PORTS[scheme]:
     netloc += f":{port}"
-  path = urllib.parse.quote(parts.path or "/", safe=_URL_SAFE)
-  query = urllib.parse.quote(parts.query, safe=_URL_SAFE)
+  try:
+    path = urllib.parse.quote(parts.path or "/", safe=_URL_SAFE)
+    query = urllib.parse.quote(parts.query, safe=_URL_SAFE)
+  except UnicodeEncodeError:  # A lone surrogate: no UTF-8 spelling to percent-encode.
+    raise Refused("bad_url", "path or query is not valid Unicode") from None
   return urllib.parse.urlunsplit((scheme, netloc, path, query, ""))
+
+
+def join_url(base: str, href: str) -> str:
+  """``href`` resolved against ``base`` and normalised; Refused("bad_url") if either is malformed
+  (``urljoin`` raises ValueError on a broken IPv6 host such as ``http://[::1``)."""
+  try:
+    joined = urllib.parse.urljoin(base, href.strip())
+  except ValueError as e:
+    raise Refused("bad_url", f"cannot resolve {href[:200]!r}: {e}") from None
+  return normalize_url(joined)
 
 
 def origin_of(url: str) -> str:
@@ -134,13 +147,15 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
   return [a for a in found if a is not None]
 
 
-def address_problem(ip: IPAddress, allow_private: bool) -> str | None:
+def address_problem(ip: IPAddress, allow_private: bool, allow_loopback: bool = False) -> str | None:
   """Why the crawler must not connect to ``ip``, or None if it may.
 
   Unspecified and multicast addresses are never web servers and are always refused. Otherwise,
   unless ``allow_private`` is set, only globally routable unicast addresses are accepted: this
   refuses private, loopback, link-local, shared (CGNAT), reserved and documentation ranges, in
-  IPv4 and IPv6, including IPv6 forms that embed such an IPv4 address.
+  IPv4 and IPv6, including IPv6 forms that embed such an IPv4 address. ``allow_loopback`` opens
+  the loopback addresses only (127.0.0.0/8 and ::1: a test server on this machine), and every
+  other private range stays refused.
   """
   if ip.is_unspecified:
     return f"{ip} is unspecified"
@@ -148,17 +163,19 @@ def address_problem(ip: IPAddress, allow_private: bool) -> str | None:
     return f"{ip} is multicast"
   if allow_private:
     return None
+  if allow_loopback and ip.is_loopback:
+    return None
   if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or not ip.is_global:
     return f"{ip} is not a public address"
   if isinstance(ip, ipaddress.IPv6Address):
     for inner in _embedded_ipv4(ip):
-      problem = address_problem(inner, allow_private)
+      problem = address_problem(inner, allow_private)  # Loopback behind IPv6 is a trick: refused.
       if problem:
         return f"{ip} embeds {problem}"
   return None
 
 
-def resolve(host: str, port: int, allow_private: bool) -> list[str]:
+def resolve(host: str, port: int, allow_private: bool, allow_loopback: bool = False) -> list[str]:
   """Resolves ``host`` once and returns its addresses, all checked; the caller connects to these.
 
   If any address the name resolves to is refused, the host is refused: a name that points at
@@ -178,7 +195,7 @@ def resolve(host: str, port: int, allow_private: bool) -> list[str]:
       if ip not in addresses:
         addresses.append(ip)
   for ip in addresses:
-    problem = address_problem(ip, allow_private)
+    problem = address_problem(ip, allow_private, allow_loopback)
     if problem:
       raise Refused("private_address", f"{host} -> {problem}")
   return [str(ip) for ip in addresses]

@@ -271,13 +271,21 @@ def dedupe(docs, config: DedupeConfig):
       common.REJECTS_TAG, main="kept")
 
 
-def main(argv=None) -> dict[str, Any]:
-  args, options = common.parse_stage_args(
-      __doc__.splitlines()[0], argv, lambda p: add_config_flags(p, DedupeConfig))
+def add_args(parser) -> None:
+  add_config_flags(parser, DedupeConfig)
+
+
+def build(args):
+  """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
   config = config_from_args(DedupeConfig, args)
   if config.num_bands < 1 or config.rows_per_band < 1 or not 0 < config.jaccard_threshold <= 1:
     raise common.StageError(f"Invalid LSH settings: {config}")
-  return common.run_doc_stage(STAGE, args, options, lambda docs: dedupe(docs, config))
+  return lambda docs: dedupe(docs, config)
+
+
+def main(argv=None) -> dict[str, Any]:
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+  return common.run_doc_stage(STAGE, args, options, build(args))
 
 
 if __name__ == "__main__":

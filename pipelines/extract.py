@@ -14,7 +14,6 @@ thresholds of :class:`ExtractConfig`.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import hashlib
 import logging
@@ -22,6 +21,7 @@ import re
 import threading
 import unicodedata
 import urllib.parse
+import zlib
 from typing import Any
 
 import apache_beam as beam
@@ -37,7 +37,7 @@ from py3langid.langid import MODEL_FILE, LanguageIdentifier
 from warcio.archiveiterator import ArchiveIterator
 from warcio.recordloader import ArcWarcRecordLoader
 
-from pipelines import common
+from pipelines import common, text_utils
 from pipelines.quality import add_config_flags, config_from_args
 
 STAGE = "extract"
@@ -62,6 +62,11 @@ class ExtractConfig:
   min_lang_score: float = 0.5
   # Wall-clock budget for one page's HTML-to-text conversion.
   extract_timeout_s: float = 10.0
+  # Larger HTML bodies are dropped as page_too_large before parsing: lxml silently empties text
+  # nodes over 10 MB and trafilatura needs seconds per megabyte, so a bigger page would come out
+  # as empty_text or extract_timeout, hiding the real cause. (Common Crawl truncates at 1 MiB;
+  # pipelines.crawl at its --max_body_bytes, 2 MiB by default.)
+  max_html_bytes: int = 5_000_000
 
 
 class ExtractTimeout(Exception):
@@ -88,7 +93,10 @@ def normalize_url(url: str) -> str:
     url = courlan.normalize_url(url)
   except ValueError:
     pass  # Keep the URL as given; it is still an identifier.
-  return urllib.parse.urlsplit(url)._replace(fragment="").geturl()
+  try:
+    return urllib.parse.urlsplit(url)._replace(fragment="").geturl()
+  except ValueError:  # A malformed IPv6 host ("http://[::1/"): still an identifier as given.
+    return url.split("#", 1)[0]
 
 
 def is_html(content_type: str, body: bytes) -> bool:
@@ -100,11 +108,8 @@ def is_html(content_type: str, body: bytes) -> bool:
 
 
 def _codec(name: str) -> str | None:
-  try:
-    codec = codecs.lookup(name.strip().strip("\"'")).name
-  except LookupError:
-    return None
-  return _CHARSET_ALIASES.get(codec, codec)
+  codec = text_utils.text_codec(name)
+  return _CHARSET_ALIASES.get(codec, codec) if codec else None
 
 
 def declared_charsets(content_type: str, body: bytes) -> list[str]:
@@ -136,17 +141,27 @@ def decode_html(body: bytes, content_type: str) -> tuple[str, str] | None:
   """
   for codec in ["utf-8"] + declared_charsets(content_type, body):
     try:
-      return body.decode(codec), codec
-    except UnicodeDecodeError:
+      return _writable(body.decode(codec)), codec
+    except (UnicodeError, ValueError):
       continue
   matches = charset_normalizer.from_bytes(body)
   best = matches.best()
   if best is None:
     return None
-  for match in matches:
-    if match.encoding == "cp1252" and match.chaos <= best.chaos + _CP1252_MARGIN:
-      return str(match), match.encoding
-  return str(best), best.encoding
+  try:
+    for match in matches:
+      if match.encoding == "cp1252" and match.chaos <= best.chaos + _CP1252_MARGIN:
+        return _writable(str(match)), match.encoding
+    return _writable(str(best)), best.encoding
+  except (UnicodeError, ValueError):
+    return None
+
+
+def _writable(text: str) -> str:
+  """``text`` if it can be written as UTF-8; raises UnicodeEncodeError on a lone surrogate
+  (utf-16 and other decoders can produce one from some byte sequences)."""
+  text.encode("utf-8")
+  return text
 
 
 def _collapse_whitespace(tree) -> None:
@@ -161,14 +176,56 @@ def _collapse_whitespace(tree) -> None:
       element.tail = _WHITESPACE_RE.sub(" ", element.tail)
 
 
-def html_to_text(html: str, url: str) -> str:
-  """Main text of a page, one paragraph per line (trafilatura, tuned for recall)."""
+# Inline markup whose text belongs to the surrounding paragraph. trafilatura trims the text
+# around such children (``management of <code>crontab</code> files`` came out as
+# "management ofcrontab files") and drops text between nested ones (``<code><em>x</em></code>``);
+# the stage writes plain text (include_formatting=False), so unwrapping them loses nothing.
+# ``<a>`` stays: trafilatura's link-density test is what removes navigation lists.
+INLINE_TAGS = ("abbr", "acronym", "b", "bdi", "bdo", "big", "cite", "code", "data", "del", "dfn",
+               "em", "font", "i", "ins", "kbd", "mark", "q", "s", "samp", "small", "span",
+               "strike", "strong", "sub", "sup", "time", "tt", "u", "var")
+# DocBook admonitions and sidebars (TIP, NOTE, CAUTION boxes): main text that trafilatura's
+# boilerplate rules drop for their class names ("sidebar", "note", ...). Only pages that a
+# DocBook toolchain generated get them renamed, since on other sites such classes usually are
+# boilerplate.
+DOCBOOK_ASIDE_CLASSES = frozenset(["sidebar", "note", "tip", "warning", "important", "caution"])
+_DOCBOOK_GENERATORS = ("docbook", "publican")
+
+
+def is_docbook(tree) -> bool:
+  """True for pages generated from DocBook (DocBook XSL, Publican): their ``<meta generator>``."""
+  for meta in tree.iter("meta"):
+    if (meta.get("name") or "").lower() == "generator":
+      content = (meta.get("content") or "").lower()
+      if any(g in content for g in _DOCBOOK_GENERATORS):
+        return True
+  return False
+
+
+def prepare_tree(tree) -> None:
+  """The pre-processing that makes trafilatura keep what it would lose (see INLINE_TAGS and
+  DOCBOOK_ASIDE_CLASSES); measured by benchmarks/extraction_fidelity.py."""
+  if is_docbook(tree):
+    for div in tree.iter("div"):
+      classes = set((div.get("class") or "").split())
+      if classes & DOCBOOK_ASIDE_CLASSES:
+        div.set("class", " ".join(sorted(classes - DOCBOOK_ASIDE_CLASSES)) or "para")
+  lxml.etree.strip_tags(tree, *INLINE_TAGS)
+
+
+def html_to_text(html: str, url: str, prepare: bool = True) -> str:
+  """Main text of a page, one paragraph per line (trafilatura, tuned for recall).
+
+  ``prepare=False`` skips :func:`prepare_tree` (trafilatura alone: for the fidelity benchmark).
+  """
   parser = lxml.html.HTMLParser(encoding="utf-8")
   try:
     tree = lxml.html.fromstring(html.encode("utf-8"), parser=parser)
   except lxml.etree.ParserError:  # "Document is empty": no elements at all.
     return ""
   _collapse_whitespace(tree)
+  if prepare:
+    prepare_tree(tree)
   text = trafilatura.extract(
       tree,
       url=url or None,
@@ -231,8 +288,11 @@ def warc_input_files(input_path: str) -> list[str]:
 class ReadWarcRecords(beam.DoFn):
   """File path -> one raw record dict per WARC record; non-text records go to the rejects.
 
-  A file that cannot be read to the end adds one ``warc_read_error`` record (naming the file
-  and the error) after the records read before the failure.
+  A file that cannot be read to its end adds one ``warc_read_error`` record (naming the file, the
+  byte offset and the error) after the records read before the failure. That covers a corrupt
+  gzip member, a record cut short (fewer bytes than its Content-Length: a truncated download),
+  bytes after the last complete record, a last gzip member without its trailer, and a file that
+  is not WARC at all (warcio reads some text files as ARC records).
   """
 
   def __init__(self, source: str = ""):
@@ -240,21 +300,60 @@ class ReadWarcRecords(beam.DoFn):
 
   def process(self, path: str):
     source = self._source or source_name(path)
+    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-      records = iter(ArchiveIterator(f))  # warcio handles per-record gzip itself.
-      done = False
-      while not done:
+      archive = ArchiveIterator(f)  # warcio handles per-record gzip itself.
+      records = iter(archive)
+      start, pending = 0, None  # A record is emitted once the next one has been read cleanly.
+      while True:
         try:
+          start = archive.offset
           record = next(records)
+          if record.format != "warc":
+            raise WarcFormatError(f"not a WARC record (warcio reads it as {record.format})")
+          length = (record.rec_headers.get_header("Content-Length") or "").strip()
+          if not length.isascii() or not length.isdigit():  # Required by WARC/1.0.
+            raise WarcFormatError(
+                f"record without a valid Content-Length ({length!r}): cut inside its headers?")
+          parsed = self._raw_record(record, path, source)
+          if record.raw_stream.limit:  # The file ended inside this record.
+            raise WarcFormatError(
+                f"record cut short: {record.raw_stream.limit} of its {record.length} bytes missing")
         except StopIteration:
           break
         except Exception as e:  # warcio raises several types for a corrupt or truncated file.
-          record, done = common.reject(STAGE, "warc_read_error", {"id": "", "file": path},
-                                       error=f"{type(e).__name__}: {e}"), True
-        Metrics.counter(STAGE, "in").inc()
-        yield record if done else self._raw_record(record, path, source)
+          if pending is not None:
+            yield self._emit(pending)
+          yield self._read_error(path, start, e)
+          return
+        if pending is not None:
+          yield self._emit(pending)
+        pending = parsed
+      try:
+        _check_last_member(f, start, archive.offset)
+      except WarcFormatError as e:  # The last record's gzip member is cut: not kept.
+        yield self._read_error(path, start, e)
+        return
+      if pending is not None:
+        yield self._emit(pending)
+      if archive.offset != size:
+        yield self._read_error(path, archive.offset, WarcFormatError(
+            f"{size - archive.offset} bytes after the last complete record are not a record"))
+
+  @staticmethod
+  def _emit(parsed):
+    raw, reason, details = parsed
+    Metrics.counter(STAGE, "in").inc()
+    return common.reject(STAGE, reason, raw, **details) if reason else raw
+
+  @staticmethod
+  def _read_error(path: str, offset: int, error: Exception):
+    Metrics.counter(STAGE, "in").inc()
+    return common.reject(STAGE, "warc_read_error", {"id": "", "file": path},
+                         offset=offset, error=common.error_text(error))
 
   def _raw_record(self, record, path: str, source: str):
+    """``(raw, reject reason or "", details)``; reads the record to its end."""
     headers = record.rec_headers
     uri = headers.get_header("WARC-Target-URI") or ""
     raw = {
@@ -266,15 +365,47 @@ class ReadWarcRecords(beam.DoFn):
         "file": path,
     }
     if record.rec_type not in TEXT_RECORD_TYPES:
-      return common.reject(STAGE, "non_response_record", raw)
+      _drain(record)
+      return raw, "non_response_record", {}
     try:
       http = _http_headers(record)
       raw["status"] = int(http.get_statuscode() or 0) if http else None
       raw["content_type"] = (http.get_header("Content-Type") or "") if http else ""
       raw["body"] = record.content_stream().read()  # De-chunked and content-decoded.
     except Exception as e:  # Broken HTTP headers or a broken gzip/brotli/chunked body.
-      return common.reject(STAGE, "decode_error", raw, error=f"{type(e).__name__}: {e}")
-    return raw
+      _drain(record)
+      return raw, "decode_error", {"error": common.error_text(e)}
+    _drain(record)
+    return raw, "", {}
+
+
+class WarcFormatError(Exception):
+  """A WARC file that is not WARC, or not complete."""
+
+
+def _drain(record) -> None:
+  """Reads what is left of a record, so that a cut-short record shows in its remaining limit."""
+  while record.raw_stream.read(1 << 16):
+    pass
+
+
+def _check_last_member(f, last_start: int, end: int) -> None:
+  """Raises WarcFormatError if the last record is a gzip member without its end (warcio does
+  not check the trailer, so a download cut in the last few bytes would pass unseen)."""
+  if end <= last_start:
+    return
+  f.seek(last_start)
+  member = f.read(end - last_start)
+  if member[:2] == b"\x1f\x8b":
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+      while member and not decompressor.eof:
+        decompressor.decompress(member, 1 << 20)
+        member = decompressor.unconsumed_tail
+    except zlib.error as e:
+      raise WarcFormatError(f"last gzip member: {e}") from None
+    if not decompressor.eof:
+      raise WarcFormatError("last gzip member is truncated (no end-of-stream marker)")
 
 
 def _http_headers(record):
@@ -301,11 +432,15 @@ class ExtractText(beam.DoFn):
   def setup(self):
     self._langid = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
+  @common.per_element(STAGE, "extract_error")
   def process(self, raw: dict[str, Any]):
     yield self._extract(raw)
 
   def _extract(self, raw: dict[str, Any]):
     body = raw.pop("body")
+    if len(body) > self._config.max_html_bytes:
+      return common.reject(STAGE, "page_too_large", raw, bytes=len(body),
+                           max_html_bytes=self._config.max_html_bytes)
     if raw["warc_type"] == "conversion":  # WET text: UTF-8 by the format's definition.
       try:
         text = body.decode("utf-8")
@@ -341,6 +476,7 @@ class ApplyLanguageFilter(beam.DoFn):
     self._languages = frozenset(l.strip() for l in config.languages.split(",") if l.strip())
     self._min_score = config.min_lang_score
 
+  @common.per_element(STAGE, "extract_error")
   def process(self, doc: common.Doc):
     if (self._languages and doc["lang"] not in self._languages) or doc["lang_score"] < self._min_score:
       yield common.reject(STAGE, "language", doc, lang=doc["lang"], lang_score=doc["lang_score"])
@@ -348,46 +484,66 @@ class ApplyLanguageFilter(beam.DoFn):
       yield common.keep(STAGE, doc)
 
 
+class ExtractDocs(beam.PTransform):
+  """WARC file paths -> {"in", "kept", "rejects"}: the stage's records in, its kept documents and
+  its rejects (unreadable records, failed extractions, other languages). Used by ``run`` and by the
+  fused filter job."""
+
+  def __init__(self, config: ExtractConfig, source: str = "", html_to_text_fn=html_to_text):
+    super().__init__()
+    self._config = config
+    self._source = source
+    self._html_to_text_fn = html_to_text_fn
+
+  def expand(self, files):
+    records = files | "ReadWarc" >> beam.ParDo(ReadWarcRecords(self._source)).with_outputs(
+        common.REJECTS_TAG, main="records")
+    extracted = (
+        records.records
+        | "Spread" >> beam.Reshuffle()
+        | "Extract" >> beam.ParDo(ExtractText(self._config, self._html_to_text_fn)).with_outputs(
+            common.REJECTS_TAG, main="docs")
+    )
+    filtered = extracted.docs | "Language" >> beam.ParDo(
+        ApplyLanguageFilter(self._config)).with_outputs(common.REJECTS_TAG, main="kept")
+    inputs = (records.records, records[common.REJECTS_TAG]) | "AllInputs" >> beam.Flatten()
+    rejects = (
+        records[common.REJECTS_TAG], extracted[common.REJECTS_TAG], filtered[common.REJECTS_TAG]
+    ) | "AllRejects" >> beam.Flatten()
+    return {"in": inputs, "kept": filtered.kept, "rejects": rejects}
+
+
 def run(input_path: str, output_dir: str, num_shards: int, config: ExtractConfig,
         source: str = "", options=None, html_to_text_fn=html_to_text,
-        num_reject_shards: int = 1) -> dict[str, Any]:
+        num_reject_shards: int = 0,
+        target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES) -> dict[str, Any]:
   """Runs the job; ``html_to_text_fn(html, url) -> text`` replaces trafilatura if given."""
   files = warc_input_files(input_path)
   logging.info("%s: %d WARC files -> %s", STAGE, len(files), output_dir)
   with common.atomic_output_dir(output_dir) as tmp_dir:
     with beam.Pipeline(options=options) as p:
-      records = (
+      _ = (
           p
           | "Files" >> beam.Create(files)
-          | "ReadWarc" >> beam.ParDo(ReadWarcRecords(source)).with_outputs(
-              common.REJECTS_TAG, main="records")
+          | "ExtractDocs" >> ExtractDocs(config, source, html_to_text_fn)
+          | "Write" >> common.WriteStageOutput(
+              tmp_dir, STAGE, num_shards, num_reject_shards=num_reject_shards,
+              target_shard_bytes=target_shard_bytes)
       )
-      extracted = (
-          records.records
-          | "Spread" >> beam.Reshuffle()
-          | "Extract" >> beam.ParDo(ExtractText(config, html_to_text_fn)).with_outputs(
-              common.REJECTS_TAG, main="docs")
-      )
-      filtered = extracted.docs | "Language" >> beam.ParDo(
-          ApplyLanguageFilter(config)).with_outputs(common.REJECTS_TAG, main="kept")
-      inputs = (records.records, records[common.REJECTS_TAG]) | "AllInputs" >> beam.Flatten()
-      rejects = (
-          records[common.REJECTS_TAG], extracted[common.REJECTS_TAG], filtered[common.REJECTS_TAG]
-      ) | "AllRejects" >> beam.Flatten()
-      _ = {"in": inputs, "kept": filtered.kept, "rejects": rejects} | "Write" >> (
-          common.WriteStageOutput(tmp_dir, STAGE, num_shards, num_reject_shards=num_reject_shards))
   return common.read_stats(output_dir)
 
 
-def main(argv=None) -> dict[str, Any]:
-  def add_args(parser):
-    add_config_flags(parser, ExtractConfig)
-    parser.add_argument("--source", default="",
-                        help="Source name of every document (default: WARC file name up to the first dot).")
+def add_args(parser) -> None:
+  add_config_flags(parser, ExtractConfig)
+  parser.add_argument("--source", default="",
+                      help="Source name of every document (default: WARC file name up to the first dot).")
 
+
+def main(argv=None) -> dict[str, Any]:
   args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
   return run(args.input, args.output_dir, args.num_shards, config_from_args(ExtractConfig, args),
-             args.source, options, num_reject_shards=args.num_reject_shards)
+             args.source, options, num_reject_shards=args.num_reject_shards,
+             target_shard_bytes=args.target_shard_bytes)
 
 
 if __name__ == "__main__":

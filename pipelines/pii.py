@@ -102,6 +102,14 @@ _IPV6_RE = re.compile(
 _VERSION_CONTEXT_RE = re.compile(
     r"(?i)(?:version|release|v\.?|section|secci[óo]n|abschnitt|sezione|chapitre|§)\s*$"
 )
+# Words near a dotted quad that say it is an address (then even 10.1.2.3-like small numbers are).
+_IP_CONTEXT_RE = re.compile(
+    r"(?i)\b(?:ip|ipv4|address|adres|adresse|dirección|indirizzo|host|server|ping|inet|gateway|"
+    r"dns|nameserver|route|subnet|netmask)\b[\s:=]*$"
+)
+# Dotted numbers with every part at most this are read as section/version numbers (5.10.2.1,
+# "Paragraaf 14.3.4.1") unless an address word precedes them: such public addresses are rare.
+_SECTION_PART_MAX = 31
 
 
 def is_public_ip(value: str) -> bool:
@@ -115,8 +123,12 @@ def is_public_ip(value: str) -> bool:
 
 def _find_ips(text: str) -> Iterator[Match]:
   for m in _IPV4_RE.finditer(text):
-    if all(len(octet) == 1 for octet in m.group().split(".")):
+    parts = m.group().split(".")
+    if all(len(octet) == 1 for octet in parts):
       continue  # ``6.2.4.3``: section and version numbers (and public resolvers like 1.1.1.1).
+    if all(int(p) <= _SECTION_PART_MAX for p in parts) and not _IP_CONTEXT_RE.search(
+        _before(text, m.start(), 20)):
+      continue  # ``14.3.4.1``: a section number, unless the text says it is an address.
     if is_public_ip(m.group()) and not _VERSION_CONTEXT_RE.search(_before(text, m.start(), 12)):
       yield Match(IP_ADDRESS, m.start(), m.end(), m.group())
   for m in _IPV6_RE.finditer(text):
@@ -148,6 +160,22 @@ _NOT_PHONE_CONTEXT_RE = re.compile(
 _DATE_IN_RE = re.compile(r"(?<!\d)(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})(?!\d)")
 _NANP_RE = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?\(?[2-9]\d\d\)?[ .-]?[2-9]\d\d[ .-]\d{4}$")
 _EXTENSION_RE = re.compile(r"\s?(?:x|ext\.?|extension)\s?\d{1,5}$")
+
+
+# US states and territories: ``MA 02110-1301`` is a ZIP+4 code, not a phone number.
+_US_STATES = frozenset(
+    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH "
+    "NJ NM NY NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY AS GU MP PR VI".split())
+_ZIP4_RE = re.compile(r"^\d{5}-\d{4}$")
+_ZIP_CONTEXT_RE = re.compile(r"(?:\b([A-Z]{2})|(?i:\bzip(?:\s*code)?|\bpostal\s*code))[\s,:.]*$")
+
+
+def _is_zip4(candidate: str, before: str) -> bool:
+  """``02110-1301`` after a state code or "ZIP": a US postal code."""
+  if not _ZIP4_RE.match(candidate):
+    return False
+  context = _ZIP_CONTEXT_RE.search(before)
+  return bool(context) and (context.group(1) is None or context.group(1) in _US_STATES)
 
 
 def _phone_shape_ok(candidate: str) -> bool:
@@ -210,6 +238,8 @@ def _find_phones(text: str) -> Iterator[Match]:
     value = m.group()
     before = _before(text, m.start(), 40)
     if _NOT_PHONE_CONTEXT_RE.search(before[-14:]) or not _phone_shape_ok(value):
+      continue
+    if _is_zip4(value, before):
       continue
     if _valid_phone(value, has_context=bool(_PHONE_CONTEXT_RE.search(before))):
       yield Match(PHONE, m.start(), m.end(), value)
@@ -458,11 +488,13 @@ class PiiConfig:
   """When a document has so much PII that redacting it leaves a form, not prose.
 
   A page with one contact email is kept (redacted); a directory listing of addresses is dropped.
-  The density rule applies from ``density_min_hits`` hits so that one email in a three-line
-  page does not count as "one hit per 3 words".
+  The cap is relative to length: more than one hit per ``min_words_per_hit`` words, from
+  ``density_min_hits`` hits on (so one email in a three-line page does not count as "one hit per
+  3 words"). A long archive page with one mailing-list address every ~400 words is prose and is
+  kept. ``max_hits`` adds an absolute cap for those who want one; 0 (the default) means none.
   """
 
-  max_hits: int = 20
+  max_hits: int = 0
   min_words_per_hit: float = 50.0
   density_min_hits: int = 3
 
@@ -471,7 +503,7 @@ class PiiConfig:
       raise ValueError(f"Invalid PiiConfig: {self}")
 
   def too_much(self, hits: int, words: int) -> bool:
-    if hits > self.max_hits:
+    if self.max_hits and hits > self.max_hits:
       return True
     return hits >= self.density_min_hits and hits * self.min_words_per_hit > words
 
@@ -482,6 +514,7 @@ class RedactPii(beam.DoFn):
   def __init__(self, config: PiiConfig):
     self._config = config
 
+  @common.per_element(STAGE, "pii_error")
   def process(self, doc: common.Doc):
     text, counts = redact(doc["text"])
     for pii_type, n in counts.items():
@@ -497,17 +530,26 @@ class RedactPii(beam.DoFn):
 def _add_args(parser: argparse.ArgumentParser) -> None:
   defaults = PiiConfig()
   parser.add_argument("--max_hits", type=int, default=defaults.max_hits,
-                      help="Drop documents with more PII hits than this.")
+                      help="Drop documents with more PII hits than this (0: no absolute cap, "
+                      "only the relative one below).")
   parser.add_argument("--min_words_per_hit", type=float, default=defaults.min_words_per_hit,
                       help="Drop documents with more than one hit per this many words...")
   parser.add_argument("--density_min_hits", type=int, default=defaults.density_min_hits,
                       help="...once they have at least this many hits.")
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, _add_args)
+def build(args: argparse.Namespace):
+  """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
   config = PiiConfig(args.max_hits, args.min_words_per_hit, args.density_min_hits)
-  return common.run_dofn_stage(STAGE, args, options, "RedactPii", RedactPii(config))
+  return common.dofn_transform("RedactPii", RedactPii(config))
+
+
+add_args = _add_args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+  return common.run_doc_stage(STAGE, args, options, build(args))
 
 
 if __name__ == "__main__":

@@ -323,6 +323,7 @@ class TagQuality(beam.DoFn):
     self._config = config
     self._blocklist = tuple(blocklist)
 
+  @common.per_element(STAGE, "quality_error")
   def process(self, doc: common.Doc):
     scores, cleaned = score_document(doc, self._config, self._blocklist)
     old = doc.get("scores")
@@ -337,6 +338,7 @@ class ApplyQualityThresholds(beam.DoFn):
   def __init__(self, config: QualityConfig):
     self._config = config
 
+  @common.per_element(STAGE, "quality_error")
   def process(self, doc_and_cleaned):
     doc, cleaned = doc_and_cleaned
     failure = first_failure(doc["scores"], self._config)
@@ -349,12 +351,13 @@ class ApplyQualityThresholds(beam.DoFn):
 
 def filter_quality(docs, config: QualityConfig, blocklist: Sequence[str] = ()):
   """The stage's transform: tagged output with ``kept`` and ``rejects``."""
-  return (
-      docs
-      | "TagQuality" >> beam.ParDo(TagQuality(config, blocklist))
-      | "ApplyThresholds" >> beam.ParDo(ApplyQualityThresholds(config)).with_outputs(
-          common.REJECTS_TAG, main="kept")
-  )
+  tagged = docs | "TagQuality" >> beam.ParDo(TagQuality(config, blocklist)).with_outputs(
+      common.REJECTS_TAG, main="tagged")
+  decided = tagged.tagged | "ApplyThresholds" >> beam.ParDo(
+      ApplyQualityThresholds(config)).with_outputs(common.REJECTS_TAG, main="kept")
+  rejects = (tagged[common.REJECTS_TAG], decided[common.REJECTS_TAG]) | (
+      "QualityRejects" >> beam.Flatten())
+  return {"kept": decided.kept, common.REJECTS_TAG: rejects}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -379,18 +382,22 @@ def config_from_args(config_cls, args):
   return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
 
 
-def main(argv=None) -> dict[str, Any]:
-  def add_args(parser):
-    add_config_flags(parser, QualityConfig)
-    parser.add_argument("--url_blocklist", default="",
-                        help="File of blocked domains / URL substrings, one per line.")
+def add_args(parser) -> None:
+  add_config_flags(parser, QualityConfig)
+  parser.add_argument("--url_blocklist", default="",
+                      help="File of blocked domains / URL substrings, one per line.")
 
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+
+def build(args):
+  """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
   config = config_from_args(QualityConfig, args)
   blocklist = load_blocklist(args.url_blocklist)
-  return common.run_doc_stage(
-      STAGE, args, options, lambda docs: filter_quality(docs, config, blocklist)
-  )
+  return lambda docs: filter_quality(docs, config, blocklist)
+
+
+def main(argv=None) -> dict[str, Any]:
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+  return common.run_doc_stage(STAGE, args, options, build(args))
 
 
 if __name__ == "__main__":

@@ -652,9 +652,9 @@ def tokenizer_section(stats: dict[str, Any] | None) -> str:
   return _table(("field", "value"), rows)
 
 
-def render(data: ReportData, schedule: Any = None) -> str:
-  """The HTML page for already loaded data (``schedule`` as in :func:`mixture_section`)."""
-  sections = [
+def data_sections(data: ReportData, schedule: Any = None) -> list[tuple[str, str, str]]:
+  """``(id, title, HTML)`` of the data sections (``schedule`` as in :func:`mixture_section`)."""
+  return [
       ("funnel", "Documents per stage", funnel_section(data.stages)),
       ("drops", "Drop reasons", drops_section(data.stages)),
       ("sources", "Documents and tokens per source", sources_section(data)),
@@ -662,16 +662,29 @@ def render(data: ReportData, schedule: Any = None) -> str:
       ("mixture", "Mixture weights over training", mixture_section(data, schedule)),
       ("tokenizer", "Tokenizer", tokenizer_section(data.tokenizer)),
   ]
-  toc = "".join(f'<li><a href="#{key}">{_e(title)}</a></li>' for key, title, _ in sections)
-  body = "\n".join(f'<section id="{key}">\n<h2>{_e(title)}</h2>\n{content}\n</section>'
-                   for key, title, content in sections)
+
+
+def page(title: str, work_dir: str, sections: list[tuple[str, str, str]]) -> str:
+  """A self-contained page: the heading, a table of contents and the sections."""
+  toc = "".join(f'<li><a href="#{key}">{_e(name)}</a></li>' for key, name, _ in sections)
+  body = "\n".join(f'<section id="{key}">\n<h2>{_e(name)}</h2>\n{content}\n</section>'
+                   for key, name, content in sections)
   return (
       "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-      f"<title>gemma-forge data report: {_e(data.work_dir)}</title>\n<style>{CSS}</style>\n"
+      f"<title>{_e(title)}: {_e(work_dir)}</title>\n<style>{CSS}</style>\n"
       "</head>\n<body>\n"
-      f"<h1>gemma-forge data report</h1>\n<p>Work dir: <code>{_e(data.work_dir)}</code></p>\n"
+      f"<h1>{_e(title)}</h1>\n<p>Work dir: <code>{_e(work_dir)}</code></p>\n"
       f"<ul>{toc}</ul>\n{body}\n</body>\n</html>\n"
   )
+
+
+def render(data: ReportData, schedule: Any = None) -> str:
+  """The HTML page for already loaded data (``schedule`` as in :func:`mixture_section`)."""
+  return page("gemma-forge data report", data.work_dir, data_sections(data, schedule))
+
+
+# The pieces other pages build on (workflow/report.py, the run report).
+svg_plot, colors, table, missing, escape = _svg, _colors, _table, _missing, _e
 
 
 def build_report(

@@ -8,6 +8,7 @@ is used by quality rules and by dedup shingles, so both stages agree on what a w
 
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 from typing import Sequence
@@ -16,6 +17,29 @@ _WORD_RE = re.compile(r"\w+(?:['’\-.]\w+)*")
 _NOT_WORD_OR_SPACE_RE = re.compile(r"[^\w\s]+")
 _SPACE_RE = re.compile(r"\s+")
 _PARAGRAPH_SPLIT_RE = re.compile(r"\n\s*\n")
+
+
+# Python codecs that decode bytes to str but are not web page encodings (the WHATWG Encoding
+# standard has none of them): escapes that can make lone surrogates, host-name codecs, and
+# codecs that always fail.
+_NOT_PAGE_CODECS = frozenset(
+    ["unicode_escape", "raw_unicode_escape", "idna", "punycode", "undefined", "utf-7"])
+
+
+def text_codec(label: str) -> str | None:
+  """The Python codec a charset label names, if it is a text encoding a page can be in; else None.
+
+  ``codecs.lookup`` also knows bytes-to-bytes codecs (``hex``, ``base64``, ``zlib``, ``rot13``)
+  that ``bytes.decode`` refuses with a LookupError: a page that names one gets the fallback
+  decoding, as a browser would do with an unknown label.
+  """
+  try:
+    info = codecs.lookup(label.strip().strip("\"'"))
+  except (LookupError, ValueError, TypeError):
+    return None
+  if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_PAGE_CODECS:
+    return None
+  return info.name
 
 
 def split_words(text: str) -> list[str]:

@@ -7,7 +7,8 @@ For each source ``S`` the job writes ``<data_dir>/cache/gf_<S>/`` exactly as seq
 ``cache_tasks_main`` does, so ``seqio.Task.get_dataset(use_cached=True)`` reads it:
 
 * ``<split>.tfrecord-XXXXX-of-NNNNN``: ``tf.train.Example`` with an int64 list ``targets`` (the
-  document's tokens, no BOS/EOS; the Task adds them) and a bytes ``id`` (the document id, for
+  document's tokens, no BOS/EOS: the Task adds EOS to a document's last chunk, the feature
+  converter puts BOS in front of every segment's inputs) and a bytes ``id`` (the document id, for
   provenance; seqio passes extra features through and mixtures drop them);
 * ``info.<split>.json`` (features, dtypes, number of shards) and ``stats.<split>.json``
   (``examples``, ``targets_tokens``, ``targets_max_tokens``), the same keys as seqio's
@@ -30,14 +31,15 @@ from it), ``stats.json`` (``in == kept + dropped``), ``rejects/`` and ``_SUCCESS
 
 ``chunks`` maps a chunk length ``c`` to the number of examples the split yields when every document
 is cut into chunks of at most ``c`` tokens, ``sum(ceil(n / c))`` over its documents, for
-``c = L - 2`` with ``L`` in ``STANDARD_SEQUENCE_LENGTHS`` (room for BOS and EOS, as the Tasks cut
-them). seqio mixes *examples*, so ``tasks.mixtures`` needs it to turn token shares into exact rates
+``c = L - 1`` with ``L`` in ``STANDARD_SEQUENCE_LENGTHS`` (room for EOS, as the Tasks cut them:
+``tasks.preprocessors.chunk_length``). seqio mixes *examples*, so ``tasks.mixtures`` needs it to turn token shares into exact rates
 at the training sequence length without reading the cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -54,21 +56,25 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import common
 from pipelines import train_tokenizer
+from tasks import cache_layout
+from tasks import preprocessors
+from tasks import special_tokens
 
 STAGE = "tokenize"
-CACHE_DIR = "cache"
-SOURCES_FILE = "sources.json"
-TOKENIZER_FILE = "tokenizer.model"
-COMPLETED_FILE = "COMPLETED"
+CACHE_DIR = cache_layout.CACHE_DIR
+SOURCES_FILE = cache_layout.SOURCES_FILE
+TOKENIZER_FILE = cache_layout.TOKENIZER_FILE
+COMPLETED_FILE = cache_layout.COMPLETED_FILE
 TASK_PREFIX = "gf_"
 SPLITS = ("train", "validation")
 DEFAULT_TIERS = {"docs": "high"}
 DEFAULT_TIER = "standard"
 # The version of the cache format we write; seqio reads it from info.<split>.json.
 SEQIO_CACHE_VERSION = "0.0.20"
-# Sequence lengths whose chunk counts sources.json records (chunk length = L - 2, see above).
+# Sequence lengths whose chunk counts sources.json records (chunk length = L - 1, see above).
 STANDARD_SEQUENCE_LENGTHS = tuple(2**k for k in range(5, 16))  # 32 .. 32768
-STANDARD_CHUNK_LENGTHS = tuple(length - 2 for length in STANDARD_SEQUENCE_LENGTHS)
+STANDARD_CHUNK_LENGTHS = tuple(preprocessors.chunk_length({"targets": length}, None)
+                               for length in STANDARD_SEQUENCE_LENGTHS)
 FEATURES_INFO = {
     "id": {"dtype": "string", "shape": []},
     "targets": {"dtype": "int32", "shape": [None]},
@@ -95,7 +101,7 @@ def count_chunks(lengths: Iterable[int], chunk_lengths: Sequence[int] = STANDARD
 
 
 def cache_file(task_dir: str, split: str, shard: int, num_shards: int) -> str:
-  return FileSystems.join(task_dir, f"{split}.tfrecord-{shard:05d}-of-{num_shards:05d}")
+  return cache_layout.shard_file(task_dir, split, shard, num_shards)
 
 
 def parse_tiers(spec: str) -> dict[str, str]:
@@ -238,11 +244,13 @@ class FinishTask(beam.DoFn):
   ``COMPLETED``; emits the task's ``sources.json`` entry.
   """
 
-  def __init__(self, cache_dir: str, num_shards: dict[str, int], tiers: dict[str, str], default_tier: str):
+  def __init__(self, cache_dir: str, num_shards: dict[str, int], tiers: dict[str, str], default_tier: str,
+               features_info: dict[str, Any] = FEATURES_INFO):
     self._cache_dir = cache_dir
     self._num_shards = num_shards
     self._tiers = tiers
     self._default_tier = default_tier
+    self._features_info = features_info  # The Examples' features (pipelines.chat_data writes others).
 
   def process(self, element):
     task, shards = element
@@ -271,9 +279,9 @@ class FinishTask(beam.DoFn):
           "targets_tokens": sum(shard_tokens),
           "targets_max_tokens": max((s["max_tokens"] for s in mine), default=0),
       }
-      info = {"features": FEATURES_INFO, "num_shards": num_shards, "seqio_version": SEQIO_CACHE_VERSION}
-      _write_json(FileSystems.join(task_dir, f"info.{split}.json"), info)
-      _write_json(FileSystems.join(task_dir, f"stats.{split}.json"), stats)
+      info = {"features": self._features_info, "num_shards": num_shards, "seqio_version": SEQIO_CACHE_VERSION}
+      _write_json(cache_layout.info_file(task_dir, split), info)
+      _write_json(cache_layout.stats_file(task_dir, split), stats)
       chunks = {str(c): sum(s["chunks"][str(c)] for s in mine) for c in STANDARD_CHUNK_LENGTHS}
       splits[split] = {
           "chunks": chunks,
@@ -283,6 +291,10 @@ class FinishTask(beam.DoFn):
           "num_shards": num_shards,
           "max_shard_tokens": max(shard_tokens),
           "min_shard_tokens": min(shard_tokens),
+          # max / mean tokens per shard: what the busiest host of a mesh reads relative to the
+          # average when hosts take equal numbers of shards (1.0 is perfect balance).
+          "shard_token_imbalance": round(max(shard_tokens) * num_shards / sum(shard_tokens), 4)
+                                   if sum(shard_tokens) else 1.0,
       }
     with FileSystems.create(FileSystems.join(task_dir, COMPLETED_FILE)) as f:
       f.write(b"")
@@ -308,8 +320,10 @@ def tokenize(
     tokenizer: str,
     output_dir: str,
     validation_fraction: float = 0.05,
-    num_shards: int = 4,
+    num_shards: int = 0,
     num_validation_shards: int = 1,
+    target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES,
+    shard_multiple: int = 4,
     tiers: dict[str, str] | None = None,
     default_tier: str = DEFAULT_TIER,
     batch_size: int = 256,
@@ -319,13 +333,22 @@ def tokenize(
   """Runs the job and returns its stats.json record.
 
   ``num_threads`` is SentencePiece's threads per batch-encode call (-1: one per core).
+  ``num_shards=0`` derives the train shard count from the input: :func:`train_shard_count`.
   """
   if not 0.0 <= validation_fraction < 1.0:
     raise common.StageError(f"--validation_fraction must be in [0, 1), got {validation_fraction}.")
-  if num_shards < 1 or num_validation_shards < 1:
-    raise common.StageError("--num_shards and --num_validation_shards must be at least 1.")
+  if num_shards < 0 or num_validation_shards < 1 or shard_multiple < 1:
+    raise common.StageError("--num_shards must be at least 1 (or 0: from the input), "
+                            "--num_validation_shards and --shard_multiple at least 1.")
+  if not num_shards:
+    num_shards = train_shard_count(common.stage_input_files(input_path), target_shard_bytes,
+                                   shard_multiple)
   tiers = DEFAULT_TIERS if tiers is None else tiers
   model_proto = train_tokenizer.read_tokenizer(tokenizer)
+  try:  # Decoding, chat and the Tasks need every special piece: refuse before any work.
+    special_tokens.special_tokens(model_proto)
+  except special_tokens.SpecialTokensError as e:
+    raise train_tokenizer.TokenizerError(f"{tokenizer}: {e}") from e
   shards = {"train": num_shards, "validation": num_validation_shards}
   logging.info("%s: %s -> %s", STAGE, input_path, output_dir)
 
@@ -386,13 +409,25 @@ def tokenize(
   return stats
 
 
+def train_shard_count(input_files: Sequence[str], target_shard_bytes: int, shard_multiple: int) -> int:
+  """Train shards for ~``target_shard_bytes`` of input text each, rounded up to a multiple of
+  ``shard_multiple``, so that every host of a mesh with that many (or a divisor of that many)
+  data-loading hosts reads the same number of shards; documents go to shards by hash, so the
+  shards' token counts are near equal at scale (``shard_token_imbalance`` in sources.json)."""
+  total = sum(metadata.size_in_bytes for result in FileSystems.match(list(input_files))
+              for metadata in result.metadata_list)
+  shards = common.shards_for(total, target_shard_bytes)
+  return -(-shards // shard_multiple) * shard_multiple
+
+
 def _write_sources(entries, directory, model_proto, validation_fraction, shards):
   sp = train_tokenizer.check_tokenizer(model_proto, TOKENIZER_FILE)
   record = {
       "tokenizer": TOKENIZER_FILE,
       "tokenizer_sha256": hashlib.sha256(model_proto).hexdigest(),
       "vocab_size": sp.vocab_size(),
-      "special_ids": {"pad": sp.pad_id(), "eos": sp.eos_id(), "bos": sp.bos_id(), "unk": sp.unk_id()},
+      # For people reading the file; code reads the ids from the tokenizer (tasks.special_tokens).
+      "special_ids": dataclasses.asdict(special_tokens.special_tokens(sp)),
       "special_ids_match_gemma": True,  # check_tokenizer raised otherwise.
       "validation_fraction": validation_fraction,
       "num_shards": shards,
@@ -423,6 +458,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Pipeline
     parser.add_argument("--validation_fraction", type=float, default=0.05)
     parser.add_argument("--num_validation_shards", type=int, default=1)
     parser.add_argument(
+        "--shard_multiple", type=int, default=4,
+        help="With --num_shards=0, round the train shard count up to a multiple of this (the "
+        "number of data-loading hosts of the largest mesh the cache is for).")
+    parser.add_argument(
         "--tiers", default=",".join(f"{k}={v}" for k, v in DEFAULT_TIERS.items()),
         help="Quality tier per source, e.g. 'docs=high,forum=low'.",
     )
@@ -444,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       validation_fraction=args.validation_fraction,
       num_shards=args.num_shards,
       num_validation_shards=args.num_validation_shards,
+      target_shard_bytes=args.target_shard_bytes,
+      shard_multiple=args.shard_multiple,
       tiers=parse_tiers(args.tiers),
       default_tier=args.default_tier,
       batch_size=args.batch_size,

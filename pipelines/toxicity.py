@@ -342,6 +342,7 @@ class ScoreToxicity(beam.DoFn):
   def __init__(self, config: ToxicityConfig):
     self._config = config
 
+  @common.per_element(STAGE, "toxicity_error")
   def process(self, doc: common.Doc):
     value = round(score(doc["text"]), 6)
     doc = dict(doc, scores=dict(doc.get("scores") or {}, toxicity=value))
@@ -356,11 +357,19 @@ def _add_args(parser: argparse.ArgumentParser) -> None:
                       help="Drop documents whose toxicity score is above this.")
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, _add_args)
+def build(args: argparse.Namespace):
+  """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
   config = ToxicityConfig(args.threshold)
   classifier()  # Fail before the pipeline starts if the weights are missing or stale.
-  return common.run_dofn_stage(STAGE, args, options, "ScoreToxicity", ScoreToxicity(config))
+  return common.dofn_transform("ScoreToxicity", ScoreToxicity(config))
+
+
+add_args = _add_args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+  return common.run_doc_stage(STAGE, args, options, build(args))
 
 
 if __name__ == "__main__":

@@ -11,3 +11,5 @@ from tasks.registry import TASK_TIERS
 from tasks.registry import get_vocabulary
 from tasks.registry import read_sources
 from tasks.registry import register_data_dir
+from tasks.special_tokens import SpecialTokens
+from tasks.special_tokens import SpecialTokensError

@@ -12,15 +12,16 @@ context (t5x's ``score`` mode, via ``seqio.PrefixLMFeatureConverter``); the metr
 ``rank_classification_accuracy`` counts an example as right when the true choice scores highest.
 
 Pipeline: ``rank_classification`` (one example per choice, with ``idx = [example, choice]`` and
-``is_correct``) -> ``seqio.preprocessors.tokenize`` -> ``bos_and_truncate_inputs_left`` (keep the
-end of the context, which the choice must continue). Targets get no EOS: the true line is followed
-by more text, not by the end of a document.
+``is_correct``) -> ``seqio.preprocessors.tokenize`` -> ``truncate_inputs_left`` (keep the end of
+the context, which the choice must continue). Targets get no EOS: the true line is followed by more
+text, not by the end of a document. BOS is not in the inputs: as in training, the feature
+converter's ``bos_id`` (the vocabulary's BOS, ``model.eval``) starts the decoder's inputs, so the
+model scores ``choice`` after ``[BOS] context`` at positions from 0, the context it trained on.
 """
 
 from __future__ import annotations
 
 import collections
-import glob
 import hashlib
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from tasks import cache_layout
 from tasks import registry
 
 NEXT_LINE_TASK = "gf_eval_next_line"
@@ -39,18 +41,29 @@ def _hash(text: str) -> int:
 
 
 def validation_documents(data_dir: str) -> list[tuple[str, str]]:
-  """(id, text) of every validation document of ``data_dir``, decoded from its token cache."""
+  """(id, text) of every validation document of ``data_dir``, decoded from its token cache.
+
+  Every shard must be present (``cache_layout.check_split_complete``); a truncated or corrupt
+  file raises ``CorruptCacheError`` naming it.
+  """
   sources = registry.read_sources(data_dir)
   vocab = registry.get_vocabulary(data_dir)
-  cache_dir = os.path.join(data_dir, sources.get("cache_dir", "cache"))
+  cache_dir = os.path.join(data_dir, sources.get("cache_dir", cache_layout.CACHE_DIR))
   features = {"targets": tf.io.VarLenFeature(tf.int64), "id": tf.io.FixedLenFeature([], tf.string)}
   docs = []
   for _, entry in sorted(sources["sources"].items()):
-    files = sorted(glob.glob(os.path.join(cache_dir, entry["task"], "validation.tfrecord-*")))
-    for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
-      ex = tf.io.parse_single_example(record, features)
-      ids = tf.sparse.to_dense(ex["targets"]).numpy().tolist()
-      docs.append((ex["id"].numpy().decode(), vocab.decode(ids)))
+    split = entry["splits"].get("validation")
+    if split is None:
+      continue
+    files = cache_layout.check_split_complete(os.path.join(cache_dir, entry["task"]), "validation",
+                                              split.get("num_shards"))
+    try:
+      for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
+        ex = tf.io.parse_single_example(record, features)
+        ids = tf.sparse.to_dense(ex["targets"]).numpy().tolist()
+        docs.append((ex["id"].numpy().decode(), vocab.decode(ids)))
+    except tf.errors.DataLossError as e:
+      raise cache_layout.corrupt_cache_error(e, files) from e
   return sorted(docs)
 
 
@@ -108,18 +121,14 @@ def rank_classification(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.flat_map(expand)
 
 
-def bos_and_truncate_inputs_left(dataset: tf.data.Dataset,
-                                 output_features: Mapping[str, seqio.Feature],
-                                 sequence_length: Optional[Mapping[str, int]]) -> tf.data.Dataset:
-  """BOS + the *last* ``sequence_length['inputs'] - 1`` context tokens (seqio would cut the end)."""
-  bos_id = output_features["inputs"].vocabulary.bos_id
+def truncate_inputs_left(dataset: tf.data.Dataset,
+                         sequence_length: Optional[Mapping[str, int]]) -> tf.data.Dataset:
+  """The *last* ``sequence_length['inputs']`` context tokens (seqio's trim would cut the end)."""
 
   def apply(ex):
     ex = dict(ex)
-    tokens = ex["inputs"]
     if sequence_length is not None and sequence_length.get("inputs"):
-      tokens = tokens[-(sequence_length["inputs"] - 1):]
-    ex["inputs"] = tf.concat([tf.constant([bos_id], tokens.dtype), tokens], axis=0)
+      ex["inputs"] = ex["inputs"][-sequence_length["inputs"]:]
     return ex
 
   return dataset.map(apply)
@@ -183,8 +192,7 @@ def register_eval_tasks(data_dir: str, num_choices: int = 4, max_examples: int =
   seqio.TaskRegistry.add(
       NEXT_LINE_TASK,
       source=seqio.FunctionDataSource(dataset_fn, splits=("validation",)),
-      preprocessors=[rank_classification, seqio.preprocessors.tokenize,
-                     bos_and_truncate_inputs_left],
+      preprocessors=[rank_classification, seqio.preprocessors.tokenize, truncate_inputs_left],
       output_features={"inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
                        "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32)},
       postprocess_fn=rank_classification_postprocessor,

@@ -36,13 +36,21 @@ A YAML mixture (no Python needed)::
 
 Tasks with ``rate`` get that fixed share; ``weight_by: tokens`` tasks share what is left in
 proportion to their (capped, tempered) train-split token counts. With only fixed rates, the
-rates are normalised.
+rates are normalised. The name must be a new mixture name (``MIXTURE_NAME_PATTERN``; not a task,
+not a mixture registered elsewhere), every task a cached task listed once, every number finite.
+
+A ``TokenShareMixture`` cannot be nested inside a plain ``seqio.Mixture``: seqio would mix it
+with ``get_rate``, which knows no sequence length, so no rate it returns realises the token
+shares. ``get_rate`` and ``total_rate`` therefore raise ``NestedMixtureError``; combine tasks in
+one token-share mixture instead (``register_mixture`` or a YAML file).
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import math
+import re
 from typing import Any, Mapping, Optional
 
 import seqio
@@ -52,6 +60,8 @@ from tasks import preprocessors
 
 TASK_KEYS = {"rate", "weight_by", "cap_tokens"}
 CONFIG_KEYS = {"name", "temperature", "tasks"}
+# Mixture names a YAML file may use (a subset of what seqio accepts: ASCII, no path separators).
+MIXTURE_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
 
 # Token shares of every mixture registered by this module, by mixture name.
 MIXTURE_TOKEN_SHARES: dict[str, dict[str, float]] = {}
@@ -63,6 +73,10 @@ TASK_COUNTS: dict[str, dict[str, Any]] = {}
 
 class MixtureConfigError(ValueError):
   """A mixture specification that cannot be used (unknown task, negative rate, empty, ...)."""
+
+
+class NestedMixtureError(MixtureConfigError):
+  """A token-share mixture used inside a plain seqio.Mixture, which cannot realise its shares."""
 
 
 def token_shares(
@@ -132,22 +146,34 @@ def examples_at(counts: Mapping[str, Any], chunk_length: Optional[int], task_nam
   xs = [x for x, _ in points]
   x = 1.0 / chunk_length
   i = bisect.bisect_left(xs, x)
+  if xs[i] == x:  # An exact point (c = 1: every token is an example).
+    return float(points[i][1])
   (x0, k0), (x1, k1) = points[i - 1], points[i]
   return k0 + (k1 - k0) * (x - x0) / (x1 - x0)
+
+
+def mean_example_tokens(task_name: str, sequence_length: Optional[Mapping[str, int]] = None) -> float:
+  """Mean content tokens (without EOS) per train example of a task read at ``sequence_length``.
+
+  ``tokens / examples`` with the examples at the chunk length that the task's
+  ``preprocessors.split_into_chunks`` uses for ``sequence_length`` (``examples_at``); 0 for a
+  task without tokens.
+  """
+  counts = _task_counts(task_name)
+  length = preprocessors.chunk_length(sequence_length, counts.get("max_chunk_tokens"))
+  examples = examples_at(counts, length, task_name)
+  return int(counts["tokens"]) / examples if examples else 0.0
 
 
 def seqio_rates(shares: Mapping[str, float], sequence_length: Optional[Mapping[str, int]] = None) -> dict[str, float]:
   """Example rates for seqio that realise the given token shares at this sequence length.
 
-  ``rate = share × examples / tokens`` with the task's train-split examples at the chunk length
-  that its ``preprocessors.split_into_chunks`` uses for ``sequence_length``.
+  ``rate = share / mean_example_tokens(task, sequence_length)``, i.e. ``share × examples / tokens``.
   """
   rates = {}
   for name, share in shares.items():
-    counts = _task_counts(name)
-    length = preprocessors.chunk_length(sequence_length, counts.get("max_chunk_tokens"))
-    tokens = int(counts["tokens"])
-    rates[name] = share * examples_at(counts, length, name) / tokens if tokens else 0.0
+    mean = mean_example_tokens(name, sequence_length)
+    rates[name] = share / mean if mean else 0.0
   return rates
 
 
@@ -155,8 +181,9 @@ class TokenShareMixture(seqio.Mixture):
   """A seqio Mixture whose example rates realise token shares at the sequence length it is read at.
 
   seqio's rates cannot depend on the sequence length, so ``get_dataset`` mixes through a plain
-  ``seqio.Mixture`` with ``seqio_rates(token_shares, sequence_length)``. Outside ``get_dataset``
-  (``get_rate``, ``total_rate``) the rates are those without chunking.
+  ``seqio.Mixture`` with ``seqio_rates(token_shares, sequence_length)`` (the rates seqio logs).
+  ``get_rate`` and ``total_rate``, which seqio only calls when this mixture is nested inside
+  another one, raise ``NestedMixtureError``: without the sequence length no example rate is right.
   """
 
   def __init__(self, name: str, tasks, token_shares: Mapping[str, float], **kwargs):
@@ -166,6 +193,18 @@ class TokenShareMixture(seqio.Mixture):
   def rates(self, sequence_length: Optional[Mapping[str, int]] = None) -> dict[str, float]:
     """Example rate of each task at this sequence length."""
     return seqio_rates(self.token_shares, sequence_length)
+
+  def get_rate(self, task) -> float:
+    raise NestedMixtureError(
+        f"{self.name} is a token-share mixture (tasks.mixtures.TokenShareMixture): its example "
+        "rates depend on the sequence length it is read at, and a plain seqio.Mixture that nests "
+        f"it asks for rates without one, so it would miss the token shares. Put {self.name}'s "
+        f"tasks {sorted(t.name for t in self.tasks)} into one token-share mixture with the others "
+        "(tasks.register_mixture or a YAML mixture) instead of nesting it.")
+
+  @property
+  def total_rate(self) -> float:
+    return self.get_rate(None)
 
   def get_dataset(self, sequence_length: Optional[Mapping[str, int]] = None, *args, **kwargs):
     """``seqio.Mixture.get_dataset`` (same arguments) with the rates for ``sequence_length``."""
@@ -187,6 +226,38 @@ def register_mixture(name: str, shares: Mapping[str, float]) -> seqio.Mixture:
   return mixture
 
 
+def _is_number(value: Any) -> bool:
+  """A finite int or float (not a bool): what YAML gives for ``0.4`` or ``2``, never NaN or inf."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_mixture_name(name: Any) -> str:
+  if not isinstance(name, str) or not name:
+    raise MixtureConfigError("A mixture config needs a non-empty string 'name'.")
+  if not MIXTURE_NAME_PATTERN.match(name):
+    raise MixtureConfigError(f"Mixture name {name!r} is invalid: it must match "
+                             f"{MIXTURE_NAME_PATTERN.pattern} (letters, digits, '_' and '.').")
+  if name in seqio.TaskRegistry.names():
+    raise MixtureConfigError(f"Mixture name {name!r} is the name of a registered task; "
+                             "seqio.get_mixture_or_task would find the task, so pick another name.")
+  if name in seqio.MixtureRegistry.names() and name not in MIXTURE_TOKEN_SHARES:
+    raise MixtureConfigError(f"Mixture name {name!r} is a mixture registered by other code; "
+                             "replacing it here would change what that code reads. Pick another name.")
+  return name
+
+
+def _train_tokens(name: str, task: str) -> int:
+  """Train-split tokens of a mixture's task, or a MixtureConfigError saying why there are none."""
+  if task in TASK_COUNTS:
+    return int(TASK_COUNTS[task]["tokens"])
+  try:
+    return task_token_stats(task)[0]
+  except Exception as e:  # seqio raises several types for a task without cached train stats.
+    raise MixtureConfigError(
+        f"Mixture {name}: task {task} has no cached train split ({type(e).__name__}: {e}); a "
+        "token-share mixture needs cached tasks (tasks.register_data_dir).") from e
+
+
 def shares_from_config(config: Any) -> tuple[str, dict[str, float]]:
   """Validates a parsed mixture config; returns (name, token shares)."""
   if not isinstance(config, dict):
@@ -194,12 +265,10 @@ def shares_from_config(config: Any) -> tuple[str, dict[str, float]]:
   unknown = set(config) - CONFIG_KEYS
   if unknown:
     raise MixtureConfigError(f"Unknown mixture config keys {sorted(unknown)}; allowed: {sorted(CONFIG_KEYS)}.")
-  name = config.get("name")
-  if not isinstance(name, str) or not name:
-    raise MixtureConfigError("A mixture config needs a non-empty string 'name'.")
+  name = _check_mixture_name(config.get("name"))
   temperature = config.get("temperature", 1.0)
-  if not isinstance(temperature, (int, float)) or temperature <= 0:
-    raise MixtureConfigError(f"Mixture {name}: temperature must be a positive number, got {temperature!r}.")
+  if not _is_number(temperature) or temperature <= 0:
+    raise MixtureConfigError(f"Mixture {name}: temperature must be a finite positive number, got {temperature!r}.")
   tasks = config.get("tasks")
   if not isinstance(tasks, dict) or not tasks:
     raise MixtureConfigError(f"Mixture {name} has no tasks: 'tasks' must be a non-empty mapping.")
@@ -209,24 +278,26 @@ def shares_from_config(config: Any) -> tuple[str, dict[str, float]]:
   for task, spec in tasks.items():
     if task not in registered:
       known = sorted(t for t in registered if t.startswith("gf_"))
-      raise MixtureConfigError(f"Mixture {name}: unknown task {task!r}; registered gf_ tasks: {known}.")
+      hint = " (a mixture cannot be a part of another)" if task in seqio.MixtureRegistry.names() else ""
+      raise MixtureConfigError(f"Mixture {name}: unknown task {task!r}{hint}; registered gf_ tasks: {known}.")
     if not isinstance(spec, dict) or set(spec) - TASK_KEYS or ("rate" in spec) == ("weight_by" in spec):
       raise MixtureConfigError(
           f"Mixture {name}: task {task} needs exactly one of 'rate: <number>' or "
           f"'weight_by: tokens' (optionally with cap_tokens), got {spec!r}."
       )
+    tokens = _train_tokens(name, task)
     if "rate" in spec:
       rate = spec["rate"]
-      if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate < 0:
-        raise MixtureConfigError(f"Mixture {name}: task {task} has an invalid rate {rate!r} (must be >= 0).")
+      if not _is_number(rate) or rate < 0:
+        raise MixtureConfigError(f"Mixture {name}: task {task} has an invalid rate {rate!r} (must be a finite number >= 0).")
       fixed[task] = float(rate)
       continue
     if spec["weight_by"] != "tokens":
       raise MixtureConfigError(f"Mixture {name}: task {task}: weight_by must be 'tokens', got {spec['weight_by']!r}.")
     cap = spec.get("cap_tokens")
-    if cap is not None and (not isinstance(cap, (int, float)) or cap < 0):
-      raise MixtureConfigError(f"Mixture {name}: task {task} has an invalid cap_tokens {cap!r}.")
-    by_tokens[task] = task_token_stats(task)[0]
+    if cap is not None and (not _is_number(cap) or cap < 0):
+      raise MixtureConfigError(f"Mixture {name}: task {task} has an invalid cap_tokens {cap!r} (must be a finite number >= 0).")
+    by_tokens[task] = tokens
     caps[task] = cap
 
   fixed_total = sum(fixed.values())
@@ -245,15 +316,32 @@ def shares_from_config(config: Any) -> tuple[str, dict[str, float]]:
   return name, dict(sorted(shares.items()))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+  """yaml.SafeLoader that refuses a key given twice in one mapping (SafeLoader keeps the last)."""
+
+  def construct_mapping(self, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+      key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+      if key is not None and key in seen:
+        raise MixtureConfigError(
+            f"{key!r} is listed twice in the same mapping (line {key_node.start_mark.line + 1}); "
+            "a task (or setting) may appear once.")
+      seen.add(key)
+    return super().construct_mapping(node, deep=deep)
+
+
 def register_mixture_from_yaml(path: str) -> str:
   """Registers the mixture described by a YAML file (see the module docstring); returns its name."""
   import tensorflow as tf  # gfile reads local and remote paths.
 
   with tf.io.gfile.GFile(path) as f:
     try:
-      config = yaml.safe_load(f.read())
+      config = yaml.load(f.read(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
       raise MixtureConfigError(f"{path} is not valid YAML: {e}") from e
+    except MixtureConfigError as e:
+      raise MixtureConfigError(f"{path}: {e}") from e
   name, shares = shares_from_config(config)
   register_mixture(name, shares)
   return name

@@ -1,11 +1,16 @@
-"""Small, pure seqio preprocessors applied after the cache: chunk long documents, BOS and EOS.
+"""Small, pure seqio preprocessors applied after the cache: chunk long documents, add EOS.
 
 The cache holds each document's tokens without BOS/EOS. A Task turns a document into examples
-``[BOS] chunk`` and, for the document's last chunk, ``[BOS] chunk [EOS]``: ``split_into_chunks``
-cuts the tokens into pieces that fit the training sequence length (so long documents are split,
-never truncated) and ends only the last piece with EOS, so the model never learns that a document
-ends where a chunk boundary happens to fall; ``prepend_bos`` adds BOS to every chunk, as each
-packed segment must start with one.
+``chunk`` and, for the document's last chunk, ``chunk [EOS]``: ``split_into_chunks`` cuts the
+tokens into pieces that fit the training sequence length (so long documents are split, never
+truncated) and ends only the last piece with EOS, so the model never learns that a document ends
+where a chunk boundary happens to fall.
+
+BOS is not stored in the targets. As in seqio's standard layout, the feature converter shifts the
+targets right and puts its ``bos_id`` (the vocabulary's BOS, see ``model.data``) in front of every
+segment: a chunk ``[t1 .. tn]`` is trained as ``inputs = [BOS, t1 .. tn-1]``, ``targets = [t1 ..
+tn]`` at positions ``0 .. n-1``, exactly the context inference feeds (``[BOS, prompt]`` from
+position 0). The model never learns to predict BOS.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from typing import Mapping, Optional
 import seqio
 import tensorflow as tf
 
-# Room left in each chunk for the BOS and EOS tokens added after splitting.
-SPECIAL_TOKENS_PER_CHUNK = 2
+# Room left in each chunk for the EOS that ends a document (BOS is an input, not a target).
+SPECIAL_TOKENS_PER_CHUNK = 1
 
 
 def chunk_length(
@@ -24,7 +29,7 @@ def chunk_length(
     max_chunk_tokens: Optional[int],
     feature: str = "targets",
 ) -> Optional[int]:
-  """Content tokens per chunk: ``max_chunk_tokens``, capped so BOS + chunk + EOS fits the length.
+  """Content tokens per chunk: ``max_chunk_tokens``, capped so chunk + EOS fits the length.
 
   Returns None (no splitting) when neither is set.
   """
@@ -38,7 +43,7 @@ def chunk_length(
   length = min(limits)
   if length < 1:
     raise ValueError(
-        f"Chunks must hold at least one token besides BOS and EOS; got a chunk length of {length} "
+        f"Chunks must hold at least one token besides EOS; got a chunk length of {length} "
         f"(sequence_length={dict(sequence_length or {})}, max_chunk_tokens={max_chunk_tokens})."
     )
   return length
@@ -80,22 +85,3 @@ def split_into_chunks(
     return tf.data.Dataset.range(num_chunks).map(_chunk)
 
   return dataset.flat_map(_split)
-
-
-def prepend_bos(
-    dataset: tf.data.Dataset,
-    output_features: Mapping[str, seqio.Feature],
-    feature: str = "targets",
-) -> tf.data.Dataset:
-  """Puts the vocabulary's BOS id (2 for Gemma) in front of ``feature``."""
-  bos_id = output_features[feature].vocabulary.bos_id
-  if bos_id is None or bos_id < 0:
-    raise ValueError(f"The vocabulary of '{feature}' has no BOS id.")
-
-  def _prepend(ex):
-    ex = dict(ex)
-    tokens = ex[feature]
-    ex[feature] = tf.concat([tf.constant([bos_id], dtype=tokens.dtype), tokens], axis=0)
-    return ex
-
-  return dataset.map(_prepend, num_parallel_calls=tf.data.AUTOTUNE)

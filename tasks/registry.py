@@ -1,13 +1,16 @@
 """Registers one cached seqio Task per source of a tokenized data directory, and their Mixture.
 
 ``register_data_dir(data_dir)`` reads ``<data_dir>/sources.json`` (written by
-``pipelines.tokenize``) and registers, for each source ``S``, the Task ``gf_<S>``:
+``pipelines.tokenize``), checks that every cache shard it names is present
+(``tasks.cache_layout.check_split_complete``) and registers, for each source ``S``, the Task
+``gf_<S>``:
 
 * its data source can only be read from the cache (``CacheDatasetPlaceholder(required=True)``;
   ``<data_dir>/cache`` is put first among seqio's global cache directories);
-* post-cache preprocessors turn a document into examples ``[BOS] chunk [EOS]``:
-  ``split_into_chunks`` (chunks fit ``sequence_length - 2``, or ``max_chunk_tokens``),
-  EOS on each document's last chunk only, then ``prepend_bos``;
+* a post-cache preprocessor turns a document into examples ``chunk`` and ``last chunk [EOS]``
+  (``split_into_chunks``: chunks fit ``sequence_length - 1``, or ``max_chunk_tokens``). BOS is not
+  in the targets: the feature converter's ``bos_id`` (``model.data``) starts every segment's
+  inputs, seqio's standard decoder layout;
 * the output feature ``targets`` uses the data directory's SentencePiece model (EOS is added by
   ``split_into_chunks``, so ``add_eos=False``).
 
@@ -26,12 +29,14 @@ import gin
 import seqio
 import tensorflow as tf
 
+from tasks import chat_tasks
+from tasks import cache_layout
 from tasks import mixtures
 from tasks import preprocessors
 
 MIXTURE_NAME = "gf_mixture"
-SOURCES_FILE = "sources.json"
-SUCCESS_MARKER = "_SUCCESS"
+SOURCES_FILE = cache_layout.SOURCES_FILE
+SUCCESS_MARKER = cache_layout.SUCCESS_MARKER
 
 # Quality tier ("high", "standard", ...) of every registered gf_ task, by task name.
 TASK_TIERS: dict[str, str] = {}
@@ -100,8 +105,10 @@ def register_data_dir(
   sources = read_sources(data_dir)
   if not sources["sources"]:
     raise DataDirError(f"{data_dir}/{SOURCES_FILE} lists no sources: every document was dropped.")
-  cache_dir = os.path.join(data_dir, sources.get("cache_dir", "cache"))
+  cache_dir = os.path.join(data_dir, sources.get("cache_dir", cache_layout.CACHE_DIR))
   _use_cache_dir(cache_dir)
+  if sources.get("format") == chat_tasks.DATA_FORMAT:  # Written by pipelines.chat_data.
+    return chat_tasks.register_chat_data_dir(data_dir, sources, get_vocabulary(data_dir))
   vocabulary = get_vocabulary(data_dir)
   output_features = {"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)}
 
@@ -117,7 +124,6 @@ def register_data_dir(
         preprocessors=[
             seqio.CacheDatasetPlaceholder(required=True),
             functools.partial(preprocessors.split_into_chunks, max_chunk_tokens=max_chunk_tokens),
-            preprocessors.prepend_bos,
         ],
         shuffle_buffer_size=shuffle_buffer_size,
     )
@@ -127,6 +133,8 @@ def register_data_dir(
           f"Task {name} (source {source}) has no complete cache at {expected} "
           f"(found: {task.cache_dir}); rerun pipelines.tokenize."
       )
+    for split, counts in sorted(entry["splits"].items()):
+      cache_layout.check_split_complete(expected, split, counts.get("num_shards"))
     TASK_TIERS[name] = entry["tier"]
     if "train" in entry["splits"]:
       mixtures.set_task_counts(name, entry["splits"]["train"], max_chunk_tokens)

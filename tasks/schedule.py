@@ -4,16 +4,17 @@ Gemma's pre-training raises the weight of high-quality sources towards the end o
 ``MixtureSchedule`` holds stages (``Stage(start_step, token_shares)``); within a step every one of
 ``examples_per_step`` example *slots* picks its source with a counter-based hash of
 ``(seed, step, host, slot)``, using the stage's shares turned into example probabilities (share /
-mean tokens per example, as in ``tasks.mixtures``).
+mean content tokens per example at the run's sequence length, exactly as ``gf_mixture``'s rates in
+``tasks.mixtures``; ``schedule_from_tasks``).
 
 Each source is read as its own deterministic, repeated stream. Because the source of every slot
 is a pure function of its coordinates, the number of examples a host has taken from each source
 before step ``k`` is too (``positions``); resuming at step ``k`` means skipping that many examples
 in each stream, with no need to replay the mixed stream or store sampler state.
 
-A step here is a block of ``examples_per_step`` examples before packing. Without packing it is the
-trainer's batch; with packing, pick ``examples_per_step`` close to the examples one packed batch
-holds and checkpoint the schedule step next to the training step.
+A step here is a block of ``examples_per_step`` examples before packing. The trainer
+(``model.data.ScheduledDataIterator``) packs each block into the rows of one train step, so a
+schedule step is a train step and the checkpoint only needs the step.
 """
 
 from __future__ import annotations
@@ -158,40 +159,24 @@ def seqio_streams(
   return {name: factory(name) for name in task_names}
 
 
-def schedule_from_tasks(
-    stages: Sequence[Stage], examples_per_step: int, split: str = "train"
-) -> MixtureSchedule:
-  """A schedule whose mean example lengths come from the tasks' cached stats."""
-  tasks = sorted({t for s in stages for t in s.token_shares})
-  lengths = {}
-  for task in tasks:
-    tokens, examples = mixtures.task_token_stats(task, split)
-    lengths[task] = tokens / examples if examples else 0.0
-  return MixtureSchedule(stages, examples_per_step, lengths)
+def example_tokens(task_names: Sequence[str], sequence_length: Mapping[str, int]) -> dict[str, float]:
+  """Mean content tokens per example of each task's stream at this sequence length.
 
-
-def measured_example_tokens(
-    task_names: Sequence[str],
-    sequence_length: Mapping[str, int],
-    split: str = "train",
-    seed: int = 0,
-    num_examples: int = 1000,
-) -> dict[str, float]:
-  """Mean ``targets`` length of each task's first ``num_examples`` examples, as streams read them.
-
-  The cached stats give tokens per *document*, but a stream yields chunks (with BOS and EOS):
-  when documents are longer than the sequence, a chunk is much shorter than a document, and
-  example rates from document means would miss the token shares by that factor. This reads the
-  examples (all of them for a small task), deterministically (fixed seed).
+  From the train-split counts that ``sources.json`` records (``mixtures.mean_example_tokens``,
+  exact at the recorded lengths), the same numbers ``gf_mixture``'s rates use: a stream yields
+  *chunks*, so a task whose documents are longer than the sequence has far shorter examples
+  than documents, and rates from tokens per document would miss its share by that factor.
   """
-  means = {}
-  for name in task_names:
-    ds = seqio.get_mixture_or_task(name).get_dataset(
-        sequence_length=sequence_length, split=split, use_cached=True, shuffle=True, seed=seed,
-        num_epochs=1)
-    lengths = [len(ex["targets"]) for ex in ds.take(num_examples).as_numpy_iterator()]
-    means[name] = float(np.mean(lengths)) if lengths else 0.0
-  return means
+  return {name: mixtures.mean_example_tokens(name, sequence_length) for name in task_names}
+
+
+def schedule_from_tasks(
+    stages: Sequence[Stage], examples_per_step: int, sequence_length: Mapping[str, int]
+) -> MixtureSchedule:
+  """The schedule of ``stages`` over cached tasks read at ``sequence_length`` (what the trainer
+  builds, ``model.data.build_mixture_schedule``): example probabilities from ``example_tokens``."""
+  tasks = sorted({t for s in stages for t in s.token_shares})
+  return MixtureSchedule(stages, examples_per_step, example_tokens(tasks, sequence_length))
 
 
 def scheduled_dataset(

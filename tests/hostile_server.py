@@ -52,6 +52,19 @@ PAGES = {
 }
 
 ROBOTS = b"User-agent: *\nDisallow: /private/\n"
+# Lines that made urllib.robotparser raise: a Crawl-delay that passes str.isdigit() but not
+# int(), and a rule path that urlparse refuses.
+MALFORMED_ROBOTS = "Crawl-delay: \u00b2\nRequest-rate: 1/\u00b3\nDisallow: http://[bad\n".encode()
+# Routes whose headers or links once killed the whole crawl (issue 10), and the reason each URL
+# must now end with. Not linked from the index: the malformed-input test seeds them itself.
+MALFORMED = {
+    "/malformed/content-length": "kept",  # Content-Length "²³": isdigit() but not int().
+    "/malformed/retry-after": "kept",  # 503 with Retry-After "²", then 200.
+    "/malformed/charset": "kept",  # charset=hex names a bytes-to-bytes codec.
+    "/malformed/location": "bad_url",  # Location: http://[::1/x (malformed IPv6).
+    "/malformed/base": "kept",  # <base href="http://[::1"> and a link "http://[bad/".
+    "/malformed/linked": "kept",  # Linked from /malformed/base and /malformed/charset.
+}
 PNG_LIKE = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 
 
@@ -72,7 +85,8 @@ class Request:
 class HostileServer:
   """Serves the routes below; ``robots`` is the robots.txt status/body mode of this origin.
 
-  ``robots``: ``"rules"`` (ROBOTS + optional ``crawl_delay``), ``"error"`` (503) or
+  ``robots``: ``"rules"`` (ROBOTS + optional ``crawl_delay``), ``"malformed"``
+  (MALFORMED_ROBOTS), ``"error"`` (503) or
   ``"missing"`` (404). ``tls``: ``(certfile, keyfile)`` to serve HTTPS instead of HTTP.
   """
 
@@ -155,6 +169,8 @@ class HostileServer:
         return _send(h, 503, b"down", "text/plain")
       if self.robots == "missing":
         return _send(h, 404, b"no robots", "text/plain")
+      if self.robots == "malformed":
+        return _send(h, 200, MALFORMED_ROBOTS, "text/plain")
       body = ROBOTS + (f"Crawl-delay: {self.crawl_delay}\n".encode() if self.crawl_delay else b"")
       return _send(h, 200, body, "text/plain")
     if path == "/page2":
@@ -209,7 +225,32 @@ class HostileServer:
                    [("Content-Encoding", "gzip")])
     if path == "/no-type":
       return _send(h, 200, b"<p>no content type</p>", None)
+    if path.startswith("/malformed/"):
+      return self._malformed(h, path, previous_hits)
     return _send(h, 404, b"not found", "text/plain")
+
+
+  @staticmethod
+  def _malformed(h, path: str, previous_hits: int) -> None:
+    if path == "/malformed/content-length":
+      h.send_response(200)
+      h.send_header("Content-Type", "text/html")
+      h.send_header("Content-Length", "\u00b2\u00b3")
+      h.send_header("Connection", "close")
+      h.end_headers()
+      h.wfile.write(_html("Odd length"))
+      h.close_connection = True
+      return None
+    if path == "/malformed/retry-after" and previous_hits == 0:
+      return _send(h, 503, b"later", "text/plain", [("Retry-After", "\u00b2")])
+    if path == "/malformed/charset":
+      return _send(h, 200, _html("Hex charset", ["/malformed/linked"]), "text/html; charset=hex")
+    if path == "/malformed/location":
+      return _redirect(h, "http://[::1/x")
+    if path == "/malformed/base":
+      return _send(h, 200, _html("Bad base", ["/malformed/linked", "http://[bad/"],
+                                 '<base href="http://[::1">'), "text/html")
+    return _send(h, 200, _html(path), "text/html")
 
 
 def _send(h, status: int, body: bytes, content_type: str | None, headers=()) -> None:

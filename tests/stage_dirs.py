@@ -9,7 +9,8 @@ from pipelines import common
 
 def write_stage_dir(path, docs, num_shards: int = 1, extra_lines=(), success: bool = True) -> str:
   """Shards `docs` by id hash, sorted by id, plus raw `extra_lines` (e.g. broken JSON) in shard 0;
-  writes `_SUCCESS` unless `success` is False (an unfinished stage)."""
+  writes `stats.json` (kept = every line written, as a real stage's count would be) and
+  `_SUCCESS` unless `success` is False (an unfinished stage)."""
   os.makedirs(path, exist_ok=True)
   shards = [[] for _ in range(num_shards)]
   for doc in docs:
@@ -20,6 +21,10 @@ def write_stage_dir(path, docs, num_shards: int = 1, extra_lines=(), success: bo
         f.write(common.dumps(doc) + "\n")
       for line in extra_lines if i == 0 else ():
         f.write(line + "\n")
+  lines = len(docs) + len(extra_lines)
+  stats = {"stage": "test", "in": lines, "kept": lines, "dropped": {}, "dropped_total": 0}
+  with open(os.path.join(path, common.STATS_FILE), "w") as f:
+    json.dump(stats, f)
   if success:
     open(os.path.join(path, common.SUCCESS_MARKER), "w").close()
   return str(path)

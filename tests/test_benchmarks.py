@@ -1,4 +1,5 @@
-"""Smoke tests of benchmarks/pipeline_throughput.py on a tiny input (50 documents)."""
+"""benchmarks/harness.py (the paired method's statistics and workers) and a smoke test of
+benchmarks/pipeline_throughput.py on a tiny input (50 documents)."""
 
 import json
 import os
@@ -87,3 +88,103 @@ def test_prints_ratios_against_datatrove(tmp_path):
   # The all-steps total includes toxicity, so it can only be slower than the comparable one.
   totals = {r["row"]: r["ours"] for r in summary["rows"]}
   assert totals["total (all 4 ours vs datatrove's 3)"] < totals["total (quality+pii+minhash)"]
+
+
+# ----------------------------------------------------------------------------- the paired harness
+
+from benchmarks import harness  # noqa: E402
+
+
+def test_ratios_are_taken_per_pair_not_from_separate_medians():
+  # Load that hits both sides of a round alike cancels in the per-round ratio; medians taken
+  # separately would mix rounds (here they give 3.0 / 1.5 = 2.0, the per-round ratios are all 1).
+  ours = [1.0, 1.5, 3.0, 3.0, 1.0]
+  peer = [1.0, 1.5, 3.0, 3.0, 1.0]
+  assert harness.pair_ratios(peer, ours) == [1.0] * 5
+  peer = [2.0, 2.0, 9.0, 3.0, 1.0]
+  ratios = harness.pair_ratios(peer, ours)
+  assert ratios == pytest.approx([2.0, 4 / 3, 3.0, 1.0, 1.0])
+  assert harness.spread(ratios) == {"min": 1.0, "median": pytest.approx(4 / 3), "max": 3.0, "n": 5}
+  with pytest.raises(ValueError, match="equally many"):
+    harness.pair_ratios([1.0], [1.0, 2.0])
+  with pytest.raises(ValueError, match="positive"):
+    harness.pair_ratios([1.0], [0.0])
+  with pytest.raises(ValueError, match="no values"):
+    harness.spread([])
+
+
+def test_rounds_alternate_which_side_goes_first():
+  assert harness.round_orders(["a", "b", "c"], 4) == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"],
+                                                      ["c", "b", "a"]]
+
+
+def test_one_thread_environment_pins_every_library():
+  env = harness.thread_env(1)
+  assert "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]
+  assert "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
+  assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+  assert "multi_thread_eigen" not in harness.thread_env(2)["XLA_FLAGS"]
+
+
+def test_run_refuses_too_few_pairs_and_duplicate_sides():
+  side = harness.Side("a", "benchmarks.harness:spin_side", {"iterations": 10})
+  with pytest.raises(ValueError, match="at least 7 pairs"):
+    harness.run_paired("x", [side, harness.Side("b", side.factory, side.kwargs)], pairs=3)
+  with pytest.raises(ValueError, match="distinct names"):
+    harness.run_paired("x", [side, side])
+
+
+def test_paired_run_records_every_sample_and_writes_json(tmp_path):
+  cpu = sorted(os.sched_getaffinity(0))[-1]
+  sides = [harness.Side("small", "benchmarks.harness:spin_side", {"iterations": 20_000}),
+           harness.Side("large", "benchmarks.harness:spin_side", {"iterations": 40_000})]
+  result = harness.run_paired("spin", sides, pairs=3, warmup=1, cpus=[cpu], work_per_run=1, unit="runs",
+                              allow_few_pairs=True, log=lambda *a, **k: None)
+  for name, iterations in (("small", 20_000), ("large", 40_000)):
+    side = result["sides"][name]
+    assert side["affinity"] == [cpu]  # Each worker pinned itself.
+    assert len(side["wall_s"]) == len(side["cpu_s"]) == 3 and len(side["warmup_wall_s"]) == 1
+    assert side["values"] == [sum(i * i for i in range(iterations))] * 3  # The runs really ran.
+    assert side["setup_info"] == {"iterations": iterations}
+  ratios = result["ratios"]["large"]
+  for clock, key in (("wall", "wall_s"), ("cpu", "cpu_s")):
+    expected = [p / b for p, b in zip(result["sides"]["large"][key], result["sides"]["small"][key])]
+    assert ratios[clock]["per_pair"] == pytest.approx(expected)
+    assert ratios[clock]["median"] == pytest.approx(sorted(expected)[1])
+  assert result["environment"]["machine"]["cpu_count"] == os.cpu_count()
+  assert "numpy" in result["environment"]["libraries"]
+  assert result["method"]["thread_env"]["OMP_NUM_THREADS"] == "1"
+  path = harness.write_result(result, str(tmp_path / "spin.json"))
+  with open(path) as f:
+    assert json.load(f)["ratios"]["large"]["cpu"]["per_pair"] == pytest.approx(ratios["cpu"]["per_pair"])
+
+
+def test_a_failing_side_stops_the_run_with_its_error():
+  sides = [harness.Side("ok", "benchmarks.harness:spin_side", {"iterations": 10}),
+           harness.Side("bad", "benchmarks.harness:spin_side", {"iterations": 10, "nope": 1})]
+  with pytest.raises(RuntimeError, match="'bad' failed in setup: TypeError"):
+    harness.run_paired("x", sides, pairs=1, allow_few_pairs=True, log=lambda *a, **k: None)
+
+
+# ----------------------------------------------------------------------------- tokenize benchmark
+
+from benchmarks import tokenize_throughput  # noqa: E402
+
+
+def test_tokenize_documents_are_whole_lines_of_real_text():
+  text = "\n".join(f"line {i} " + "word " * i for i in range(30))
+  pieces = tokenize_throughput.pieces([text, "short"], max_chars=120)
+  assert "\n".join(pieces[:-1]) == text and pieces[-1] == "short"  # Nothing lost, nothing reordered.
+  assert all(len(p) <= 120 or "\n" not in p for p in pieces)  # Only a single over-long line exceeds it.
+  assert len(pieces) > 5
+
+
+def test_tokenize_summary_takes_ratios_per_pair_and_subtracts_the_fixed_cost():
+  result = {"sides": {"sentencepiece": {"cpu_s": [1.0, 2.0, 1.0]},
+                      "tokenize job": {"cpu_s": [2.0, 2.0, 1.5]},
+                      "tokenize job [1 doc]": {"cpu_s": [0.5, 0.4, 0.6]}}}
+  summary = tokenize_throughput.summarize(result)
+  assert summary["fixed_startup_cpu_s"] == 0.5
+  assert summary["per_pair_raw_over_job"] == pytest.approx([0.5, 1.0, 2 / 3])
+  assert summary["per_pair_raw_over_job_without_startup"] == pytest.approx([1 / 1.5, 2 / 1.5, 1.0])
+  assert summary["cpu_ratio_raw_over_job"]["median"] == pytest.approx(2 / 3)

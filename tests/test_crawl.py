@@ -119,7 +119,7 @@ def crawled(servers, tmp_path_factory):
   """Runs the crawl once (built from the module's pieces, to read its Beam counters)."""
   tmp = tmp_path_factory.mktemp("crawl")
   argv = ["--seeds=" + _write_seeds(tmp / "seeds.txt", _seed_urls(servers)),
-          "--output_dir=" + str(tmp / "out"), "--allow_private_addresses", *FAST_FLAGS]
+          "--output_dir=" + str(tmp / "out"), "--allow_loopback", *FAST_FLAGS]
   args, options = crawl.parse_args(argv)
   seeds = crawl.read_seeds(args.seeds)
   config = crawl.config_from_args(args, seeds)
@@ -155,8 +155,12 @@ def test_every_url_gets_its_reason(crawled, servers):
   assert log[servers["polite"].origin + "/page4"]["reason"] == "http_error"
   assert log["file:///etc/passwd"]["reason"] == "scheme_not_allowed"
   assert log[origin + "/redirect"]["final_url"] == origin + "/target"
+  # The second seed spells the first one's URL: counted, naming it, and fetched once.
+  duplicate = log[origin + "/#top"]
+  assert duplicate["reason"] == "duplicate_seed" and origin + "/" in duplicate["detail"]
+  assert [r.path for r in crawled["requests"]["hostile"]].count("/") == 1
   # Nothing else was attempted: not the off-site link, the nofollow link, mailto: or depth 3.
-  assert len(log) == len(EXPECTED) + 4
+  assert len(log) == len(EXPECTED) + 5
 
 
 def test_stats_and_counters_account_for_every_url(crawled):
@@ -471,3 +475,77 @@ def test_tls_certificates_are_verified_and_sni_is_the_host_name(monkeypatch, tmp
       fetcher.fetch(origin + "/page1")
     assert e.value.reason == "tls_error"
     assert server.sni_names == ["pinned.test"] and server.requests == []
+
+
+# ----------------------------------------------------------------------------- malformed input
+# Each case below once killed the whole crawl with a traceback and no output (issue 10).
+
+
+def test_malformed_headers_charsets_and_urls_are_counted_not_fatal(tmp_path):
+  with HostileServer(robots="malformed") as server:
+    seeds = [server.origin + path for path in hostile_server.MALFORMED if path != "/malformed/linked"]
+    stats = crawl.run([
+        "--seeds=" + _write_seeds(tmp_path / "seeds.txt", seeds),
+        "--output_dir=" + str(tmp_path / "out"), "--allow_loopback", *FAST_FLAGS])
+    origin = server.origin
+  log = _read_log(tmp_path / "out")
+  for path, reason in hostile_server.MALFORMED.items():
+    assert log[origin + path]["reason"] == reason, (path, log[origin + path])
+  assert "http://[::1/x" in log[origin + "/malformed/location"]["detail"]
+  assert stats["in"] == len(log) == stats["kept"] + stats["dropped_total"]
+  records, _ = _read_warcs(tmp_path / "out")
+  responses = {uri for kind, uri in records if kind == "response"}
+  assert responses == {origin + p for p, r in hostile_server.MALFORMED.items() if r == "kept"}
+
+
+def test_header_numbers_must_be_ascii_digits():
+  for odd in ("\u00b2", "\u0661\u0662", "\uff11", "1e3", "-5", " "):
+    assert parse_retry_after(odd) is None, odd
+  assert parse_retry_after(" 7 ") == 7.0
+
+
+def test_robots_lines_that_crashed_the_parser_are_ignored():
+  rules = RobotsRules("parsed", "User-agent: *\nCrawl-delay: \u00b2\nRequest-rate: 1/\u00b3\n"
+                      "Disallow: http://[bad\nDisallow: /private/\n")
+  assert not rules.allows("http://example.com/private/x", "bot")
+  assert rules.allows("http://example.com/public", "bot")
+  assert rules.crawl_delay("bot") is None
+
+
+def test_link_extraction_survives_malformed_base_and_links():
+  from pipelines.crawl_fetch import Exchange
+  page = (b'<base href="http://[::1"><a href="http://[bad/">x</a><a href="/ok">ok</a>'
+          b'<a href="http://h:99999/">bad port</a>')
+  exchange = Exchange("http://example.com/dir/page", "1.2.3.4", "", "", [], "HTTP/1.1", 200, "OK",
+                      [("Content-Type", "text/html; charset=rot13")], page)
+  assert crawl.extract_links(exchange) == ["http://example.com/ok"]
+
+
+def test_loopback_flag_opens_loopback_only():
+  for loopback in ("127.0.0.1", "127.5.6.7", "::1"):
+    assert crawl_safety.address_problem(ipaddress.ip_address(loopback), False, True) is None
+    assert crawl_safety.resolve(loopback, 80, False, allow_loopback=True) == [loopback]
+  for other in ("10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+                "fc00::1", "fe80::1", "::ffff:127.0.0.1", "64:ff9b::7f00:1", "0.0.0.0"):
+    with pytest.raises(Refused) as e:
+      crawl_safety.resolve(other, 80, False, allow_loopback=True)
+    assert e.value.reason == "private_address", other
+  args, _ = crawl.parse_args(["--seeds=s", "--output_dir=o", "--allow_loopback"])
+  fetch = crawl.config_from_args(args, ["http://127.0.0.1/"]).fetch
+  assert fetch.allow_loopback and not fetch.allow_private_addresses
+
+
+def test_seeds_that_normalise_to_one_url_are_counted_as_duplicates(tmp_path):
+  # Private addresses: refused before any connection, so nothing here touches the network.
+  seeds = ["HTTP://10.0.0.1", "http://10.0.0.1/#frag", "http://10.0.0.1:80/",
+           "http://10.0.0.1/", "http://10.0.0.1/", "http://10.0.0.2/"]
+  stats = crawl.run(["--seeds=" + _write_seeds(tmp_path / "seeds.txt", seeds),
+                     "--output_dir=" + str(tmp_path / "out"), "--max_depth=0"])
+  assert stats["in"] == len(seeds)
+  assert stats["dropped"] == {"duplicate_seed": 4, "private_address": 2}
+  log = [json.loads(line) for line in open(tmp_path / "out" / "fetches-00000-of-00001.jsonl")]
+  fetched = [r for r in log if r["reason"] == "private_address"]
+  assert sorted(r["url"] for r in fetched) == ["http://10.0.0.1/", "http://10.0.0.2/"]
+  duplicates = [r for r in log if r["reason"] == "duplicate_seed"]
+  assert sorted(r["url"] for r in duplicates) == sorted(seeds[1:5])  # The first spelling goes on.
+  assert all("http://10.0.0.1/" in r["detail"] for r in duplicates)

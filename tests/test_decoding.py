@@ -16,6 +16,8 @@ from model.transformer import Transformer, init_cache
 F32 = get_config("tiny", dtype="float32")
 MQA = get_config("tiny", num_kv_heads=1, dtype="float32")
 DECODE_LEN = 6
+# The random models here have no vocabulary; these are the released Gemma tokenizer's ids.
+BOS, EOS, END_OF_TURN = 2, 1, 107
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def params(model):
 @pytest.fixture(scope="module")
 def prompts():
   """Two left-padded prompts of different lengths, both starting with BOS."""
-  return jnp.asarray(decoding.pad_prompts([[17, 42, 99, 5], [8, 200]]))
+  return jnp.asarray(decoding.pad_prompts([[17, 42, 99, 5], [8, 200]], BOS))
 
 
 @functools.partial(jax.jit, static_argnames="config")
@@ -101,11 +103,13 @@ def test_greedy_matches_argmax_of_full_rescoring(params, prompts):
 def test_right_and_left_padded_prompts_give_the_same_output(model, params):
   left = jnp.asarray([[0, 0, 17, 42], [8, 200, 9, 10]], jnp.int32)
   right = jnp.asarray([[17, 42, 0, 0], [8, 200, 9, 10]], jnp.int32)
-  a = model.predict_batch(params, {"decoder_input_tokens": left}, max_decode_len=DECODE_LEN, stop_tokens=())
-  b = model.predict_batch(params, {"decoder_input_tokens": right}, max_decode_len=DECODE_LEN, stop_tokens=())
+  a = model.predict_batch(params, {"decoder_input_tokens": left}, max_decode_len=DECODE_LEN, bos_id=BOS,
+                          stop_tokens=())
+  b = model.predict_batch(params, {"decoder_input_tokens": right}, max_decode_len=DECODE_LEN, bos_id=BOS,
+                          stop_tokens=())
   np.testing.assert_array_equal(a, b)
   # predict_batch prepends BOS, so it matches generate on BOS-prefixed prompts.
-  np.testing.assert_array_equal(a, _greedy(params, jnp.asarray(decoding.pad_prompts([[17, 42], [8, 200, 9, 10]])))[0])
+  np.testing.assert_array_equal(a, _greedy(params, jnp.asarray(decoding.pad_prompts([[17, 42], [8, 200, 9, 10]], BOS)))[0])
 
 
 def test_top_k_1_and_tiny_top_p_equal_greedy(params, prompts):
@@ -138,7 +142,6 @@ def test_generation_stops_at_stop_tokens(params, prompts):
     end = list(free_row).index(stop) + 1 if stop in free_row else DECODE_LEN
     np.testing.assert_array_equal(row[:end], free_row[:end])  # Stop token kept,
     assert not np.any(row[end:])  # then padding.
-  assert decoding.DEFAULT_STOP_TOKENS == (decoding.EOS_ID, decoding.END_OF_TURN_ID) == (1, 107)
 
 
 def test_bad_sampler_settings_are_rejected(model, params):
@@ -147,9 +150,11 @@ def test_bad_sampler_settings_are_rejected(model, params):
   with pytest.raises(ValueError, match="top_p"):
     decoding.Sampler("top_p", top_p=1.5)
   with pytest.raises(ValueError, match="unknown decoding method"):
-    model.predict_batch(params, {"decoder_input_tokens": jnp.ones((1, 2), jnp.int32)}, method="nucleus")
+    model.predict_batch(params, {"decoder_input_tokens": jnp.ones((1, 2), jnp.int32)}, method="nucleus",
+                        bos_id=BOS, stop_tokens=(EOS, END_OF_TURN))
   with pytest.raises(ValueError, match="needs an rng"):
-    model.predict_batch(params, {"decoder_input_tokens": jnp.ones((1, 2), jnp.int32)}, method="top_k")
+    model.predict_batch(params, {"decoder_input_tokens": jnp.ones((1, 2), jnp.int32)}, method="top_k",
+                        bos_id=BOS, stop_tokens=(EOS, END_OF_TURN))
 
 
 # ---------------------------------------------------------------- beam search
@@ -190,17 +195,19 @@ def test_beam_score_is_brevity_normalised_log_prob(params, prompts):
 
 
 def test_chat_template_and_bos_helpers():
-  assert decoding.chat_template("Hi there") == "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
-  assert decoding.format_prompt([5, 6]) == [2, 5, 6]
-  assert decoding.format_prompt([2, 5]) == [2, 5]
-  np.testing.assert_array_equal(decoding.pad_prompts([[5], [2, 7, 8]]), [[0, 2, 5], [2, 7, 8]])
+  # gemma-it's format, content trimmed as its template does.
+  assert decoding.chat_template(" Hi there\n") == "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
+  assert decoding.format_prompt([5, 6], bos_id=2) == [2, 5, 6]
+  assert decoding.format_prompt([2, 5], bos_id=2) == [2, 5]
+  assert decoding.format_prompt([2, 5], bos_id=9) == [9, 2, 5]  # BOS is the vocabulary's, not 2.
+  np.testing.assert_array_equal(decoding.pad_prompts([[5], [2, 7, 8]], 2), [[0, 2, 5], [2, 7, 8]])
   with pytest.raises(ValueError, match="padding id"):
-    decoding.pad_prompts([[5, 0, 6]])
+    decoding.pad_prompts([[5, 0, 6]], 2)
 
 
 def test_left_pad_with_bos_handles_either_padding_side():
   tokens = jnp.asarray([[5, 6, 0, 0], [0, 2, 7, 8], [0, 0, 0, 0]], jnp.int32)
-  np.testing.assert_array_equal(decoding.left_pad_with_bos(tokens),
+  np.testing.assert_array_equal(decoding.left_pad_with_bos(tokens, 2),
                                 [[0, 0, 2, 5, 6], [0, 0, 2, 7, 8], [0, 0, 0, 0, 2]])
   with pytest.raises(ValueError, match="integer"):
-    decoding.left_pad_with_bos(jnp.ones((1, 2), jnp.float32))
+    decoding.left_pad_with_bos(jnp.ones((1, 2), jnp.float32), 2)

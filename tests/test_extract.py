@@ -223,3 +223,123 @@ def test_missing_input_is_a_clear_error(tmp_path):
   with pytest.raises(common.StageError, match="No WARC files"):
     extract.main([f"--input={tmp_path}/nothing-*.warc.gz", f"--output_dir={tmp_path / 'o'}"])
   assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- malformed input
+# Each case below once aborted the whole job or hid its real cause (issue 10).
+
+
+def _outputs(fn, *args):
+  """The outputs of a DoFn call, as ("raw" | reason, value)."""
+  return [(o.value["reason"], o.value) if hasattr(o, "tag") else ("raw", o) for o in fn(*args)]
+
+
+def test_non_text_charsets_and_malformed_urls_are_documents_not_crashes(tmp_path):
+  page = ENGLISH.encode("utf-8")
+  path = write_warc(tmp_path / "odd.warc.gz", [
+      ("http://example.com/hex", "response", 200, "text/html; charset=hex", page),
+      ("http://example.com/b64", "response", 200, "text/html; charset=base64", page),
+      ("http://example.com/rot", "response", 200, "text/html; charset=rot13", page),
+      ("http://[::1/broken-ipv6", "response", 200, "text/html", page),
+      ("http://example.com/meta", "response", 200, "text/html",
+       b'<meta charset="zlib">' + page),
+  ])
+  stats = extract.main([f"--input={path}", f"--output_dir={tmp_path / 'o'}"])
+  assert stats["in"] == 6 and stats["kept"] == 5  # The 6th record is the warcinfo.
+  urls = sorted(d["url"] for d in all_docs(tmp_path / "o"))
+  assert "http://[::1/broken-ipv6" in urls
+  assert extract.declared_charsets("text/html; charset=hex", b'<meta charset="base64">') == []
+
+
+def test_truncated_warc_gz_reports_a_read_error_and_drops_the_cut_record(tmp_path):
+  path = write_warc(tmp_path / "whole.warc.gz", [
+      ("http://example.com/a", "response", 200, "text/html", ENGLISH.encode()),
+      ("http://example.com/b", "response", 200, "text/html", FRENCH.encode())])
+  data = path.read_bytes()
+  whole = _outputs(extract.ReadWarcRecords().process, str(path))
+  assert [kind for kind, _ in whole] == ["non_response_record", "raw", "raw"]
+  for cut in (len(data) - 1, len(data) - 8, len(data) - 40, len(data) - 200):
+    cut_path = tmp_path / f"cut{cut}.warc.gz"
+    cut_path.write_bytes(data[:cut])
+    outputs = _outputs(extract.ReadWarcRecords().process, str(cut_path))
+    assert outputs[-1][0] == "warc_read_error", cut
+    assert [v["url"] for kind, v in outputs if kind == "raw"] == ["http://example.com/a"], cut
+    assert outputs[-1][1]["details"]["error"], cut
+
+
+def test_uncompressed_warc_cut_inside_a_record_or_with_trailing_bytes(tmp_path):
+  path = write_warc(tmp_path / "plain.warc", [
+      ("http://example.com/a", "response", 200, "text/html", ENGLISH.encode())], gzip=False)
+  data = path.read_bytes()
+  for name, content in (("cut.warc", data[:-300]), ("tail.warc", data + b"stray bytes\r\n")):
+    (tmp_path / name).write_bytes(content)
+    outputs = _outputs(extract.ReadWarcRecords().process, str(tmp_path / name))
+    assert outputs[-1][0] == "warc_read_error", name
+
+
+@pytest.mark.parametrize("content", [
+    b"hello, this is not a WARC file at all\n",
+    b"<html><body><p>An HTML page saved under the wrong name.</p></body></html>",
+    __import__("gzip").compress(b"a gzipped text file, not a WARC\n" * 50),
+    b"",
+])
+def test_a_file_that_is_not_warc_is_a_read_error(tmp_path, content):
+  path = tmp_path / "notwarc.warc.gz"
+  path.write_bytes(content)
+  outputs = _outputs(extract.ReadWarcRecords().process, str(path))
+  if content:
+    assert [kind for kind, _ in outputs] == ["warc_read_error"]
+    assert outputs[0][1]["doc"]["file"] == str(path)
+  else:
+    assert outputs == []  # An empty file holds no records: nothing to count.
+
+
+def test_a_huge_page_is_dropped_for_its_size_not_as_empty_text():
+  body = b"<html><body>" + b"<p>" + b"word " * (20_000_000 // 5) + b"</p></body></html>"
+  raw = {"id": "a" * 16, "url": "http://example.com/", "source": "web", "warc_date": "",
+         "warc_type": "response", "file": "f", "status": 200, "content_type": "text/html",
+         "body": body}
+  (kind, value), = _outputs(extract.ExtractText(extract.ExtractConfig()).process, raw)
+  assert kind == "page_too_large"
+  assert value["details"] == {"bytes": len(body), "max_html_bytes": 5_000_000}
+
+
+def test_an_unexpected_failure_on_one_page_is_a_counted_extract_error(warc_dir, tmp_path):
+  def explode_on_french(html, url):
+    if "example.fr" in url:
+      raise KeyError("a bug no check foresaw")
+    return extract.html_to_text(html, url)
+  stats = extract.run(str(warc_dir), str(tmp_path / "o"), 1, extract.ExtractConfig(languages=""),
+                      html_to_text_fn=explode_on_french)
+  assert stats["dropped"]["extract_error"] == 1 and stats["kept"] == 2
+  (error,) = [r for r in rejects(tmp_path / "o") if r["reason"] == "extract_error"]
+  assert error["details"]["error"].startswith("KeyError")
+
+
+# ----------------------------------------------------------------------------- fidelity
+
+
+def test_docbook_admonitions_and_nested_inline_markup_keep_their_text():
+  body = "".join(
+      f"<div class='para'>Paragraph {i} explains how the package manager resolves the "
+      f"dependencies of a package before it installs anything on the system.</div>"
+      for i in range(6))
+  html = (
+      "<html><head><meta name='generator' content='publican v4.3.2'></head><body>"
+      "<ul class='docnav'><li><a href='/prev'>Prev</a></li><li><a href='/next'>Next</a></li></ul>"
+      f"<div class='section'>{body}"
+      "<div class='sidebar'><p class='title'><strong><em>TIP</em> Incremental updates</strong></p>"
+      "<div class='para'>The update command downloads only the differences between two "
+      "versions of the package index, which saves a lot of bandwidth.</div></div>"
+      "<div class='para'>Run <code><em>apt</em> update</code> and then management of "
+      "<code>crontab</code> files is the same as before on every machine you run.</div>"
+      "</div></body></html>")
+  text = extract.html_to_text(html, "https://example.org/")
+  assert "downloads only the differences between two versions" in text
+  assert "Run apt update and then management of crontab files" in text
+  raw = extract.html_to_text(html, "https://example.org/", prepare=False)
+  assert "downloads only the differences" not in raw  # What trafilatura alone loses.
+  # The same classes on a page that is not DocBook stay trafilatura's to judge.
+  tree = extract.lxml.html.fromstring(html.replace("publican", "wordpress"))
+  extract.prepare_tree(tree)
+  assert tree.xpath("//div[@class='sidebar']")

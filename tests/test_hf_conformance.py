@@ -24,6 +24,8 @@ CONFIGS = {
     "mha_wide_heads": get_config("tiny", num_heads=4, num_kv_heads=4, head_dim=32, dtype="float32"),
 }
 ATOL = 1e-4
+# The random models here have no vocabulary; the released Gemma tokenizer's BOS and stop ids.
+BOS, STOP = 2, (1, 107)
 
 
 def _random_params(config, seed=0):
@@ -44,9 +46,9 @@ def _batch(config):
   """A full row and a left-padded row: tokens, HF attention mask, positions."""
   rng = np.random.default_rng(1)
   tokens = rng.integers(3, config.vocab_size, size=(2, 9)).astype(np.int64)
-  tokens[:, 0] = decoding.BOS_ID
+  tokens[:, 0] = BOS
   tokens[1, :3] = 0
-  tokens[1, 3] = decoding.BOS_ID
+  tokens[1, 3] = BOS
   mask = (tokens != 0).astype(np.int64)
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   return tokens, mask, positions
@@ -142,11 +144,12 @@ def test_greedy_generation_matches_hf_generate():
   config = CONFIGS["gqa"]
   params = _random_params(config, seed=5)
   hf_model = _hf_model(config, hf_convert.to_hf_state_dict(params, config))
-  prompts = decoding.pad_prompts([[10, 20, 30], [40, 50, 60]])
-  ours, _ = decoding.generate(config, params, jnp.asarray(prompts), jax.random.PRNGKey(0), max_decode_len=8)
+  prompts = decoding.pad_prompts([[10, 20, 30], [40, 50, 60]], BOS)
+  ours, _ = decoding.generate(config, params, jnp.asarray(prompts), jax.random.PRNGKey(0), max_decode_len=8,
+                              stop_tokens=STOP)
   with torch.no_grad():
     theirs = hf_model.generate(torch.from_numpy(prompts.astype(np.int64)), max_new_tokens=8, do_sample=False,
-                               eos_token_id=list(decoding.DEFAULT_STOP_TOKENS), pad_token_id=0)
+                               eos_token_id=list(STOP), pad_token_id=0)
   theirs = theirs[:, prompts.shape[1]:].numpy()
   np.testing.assert_array_equal(np.asarray(ours)[:, :theirs.shape[1]], theirs)
 

@@ -205,11 +205,11 @@ def test_decoding_with_chunked_attention_and_scan_gives_the_same_tokens():
   knobs = get_config("tiny", dtype="float32", attention_chunk_size=4, scan_layers=True,
                      remat_policy="full")
   params = DecoderOnlyModel(base).init_params(jax.random.PRNGKey(3))
-  prompts = decoding.pad_prompts([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [20, 21, 22]])
+  prompts = decoding.pad_prompts([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [20, 21, 22]], bos_id=2)
   want = decoding.generate(base, params, prompts, jax.random.PRNGKey(0), max_decode_len=6,
-                           sampler=decoding.Sampler("greedy"))
+                           sampler=decoding.Sampler("greedy"), stop_tokens=())
   got = decoding.generate(knobs, params, prompts, jax.random.PRNGKey(0), max_decode_len=6,
-                          sampler=decoding.Sampler("greedy"))
+                          sampler=decoding.Sampler("greedy"), stop_tokens=())
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
 

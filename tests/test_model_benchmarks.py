@@ -1,8 +1,9 @@
 """Smoke tests of benchmarks/model_train_step.py and benchmarks/model_decode.py on the tiny config.
 
-Each benchmark runs end to end (ours vs transformers' sdpa Gemma on torch CPU)
-and must print its ratio line; the equality check that guards the timing must
-pass on twin models and stop the run when the models differ.
+Each benchmark runs end to end through benchmarks/harness.py (ours and transformers' sdpa Gemma on
+torch CPU, each in its own pinned worker process, two rounds) and must record per-pair ratios
+and a result file; the equality checks that guard the timing must stop a run whose two models
+compute different things. No timing is asserted.
 """
 
 import json
@@ -19,46 +20,53 @@ pytest.importorskip("transformers")
 from benchmarks import _common, model_decode, model_train_step  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config", "tiny", "--attn", "sdpa", "--repeats", "1"]
+SMOKE = ["--config", "tiny", "--peers", "sdpa", "--pairs", "2", "--warmup", "1", "--smoke"]
 
 
-def test_train_step_prints_ratio_and_losses_agree(capsys, tmp_path):
+def test_train_step_records_paired_ratios_and_losses_agree(tmp_path):
   out = tmp_path / "train.json"
-  results = model_train_step.main(TINY + ["--batch_size", "2", "--seq_len", "16", "--steps", "2", "--warmup", "1",
-                                          "--json", str(out)])
-  printed = capsys.readouterr().out
-  assert "ratio train_step tokens/s ours/transformers[sdpa] = " in printed
-  assert "check step-0 loss vs transformers[sdpa]" in printed
-  ours, theirs = results["implementations"]["ours"], results["implementations"]["transformers[sdpa]"]
-  assert len(ours["losses"]) == len(theirs["losses"]) == 1 + 2  # warmup + repeats * steps
-  np.testing.assert_allclose(ours["losses"], theirs["losses"], atol=1e-4)
-  assert ours["losses"][-1] < ours["losses"][0]  # The AdamW steps really train.
-  assert theirs["ratio_ours_over_this"] == pytest.approx(theirs["median_step_s"] / ours["median_step_s"])
-  assert json.loads(out.read_text())["implementations"]["ours"]["tokens_per_s"] == pytest.approx(
-      2 * 16 / ours["median_step_s"])
+  result = model_train_step.main(SMOKE + ["--batch_size", "2", "--seq_len", "16", "--result", str(out)])
+  ours, theirs = result["sides"]["ours"], result["sides"]["transformers[sdpa]"]
+  losses_ours = ours["warmup_values"] + ours["values"]
+  losses_theirs = theirs["warmup_values"] + theirs["values"]
+  assert len(losses_ours) == len(losses_theirs) == 3  # 1 warm-up + 2 timed steps, each a real update.
+  np.testing.assert_allclose(losses_ours, losses_theirs, atol=1e-4)  # Same weights, batch and AdamW.
+  assert losses_ours[-1] < losses_ours[0]
+  assert theirs["torch_threads"] == 1 and ours["affinity"] == theirs["affinity"]
+  ratios = result["ratios"]["transformers[sdpa]"]
+  assert ratios["cpu"]["per_pair"] == pytest.approx([t / o for t, o in zip(theirs["cpu_s"], ours["cpu_s"])])
+  assert ours["tokens_per_s_wall"] == pytest.approx(2 * 16 / np.median(ours["wall_s"]))
+  saved = json.loads(out.read_text())
+  assert saved["loss_check"]["ours"] == pytest.approx(losses_ours[:2])
+  assert saved["settings"]["config"]["num_layers"] == 2
 
 
-def test_decode_prints_ratio_and_tokens_agree(capsys):
-  results = model_decode.main(TINY + ["--batch_size", "2", "--seq_len", "8", "--new_tokens", "6"])
-  printed = capsys.readouterr().out
-  assert "ratio decode tokens/s ours/transformers[sdpa] = " in printed
-  assert "100.0% identical, 2/2 rows identical" in printed  # float32 greedy decoding is token-exact.
-  ours = results["implementations"]["ours"]
-  assert ours["tokens_per_s"] == pytest.approx(2 * 6 / ours["median_generate_s"])
+def test_decode_records_paired_ratios_and_tokens_agree(capsys):
+  result = model_decode.main(SMOKE + ["--batch_size", "2", "--seq_len", "8", "--new_tokens", "6", "--result", "none"])
+  assert "100.0% identical, 2/2 rows identical" in capsys.readouterr().out  # float32 greedy is token-exact.
+  assert result["token_check"] == {"transformers[sdpa]": 1.0}
+  assert np.asarray(result["sides"]["ours"]["values"][0]).shape == (2, 6)
+  assert set(result["ratios"]) == {"transformers[sdpa]"}
 
 
-def test_benchmark_refuses_to_time_different_models(monkeypatch):
-  real_twin = _common.hf_twin
+def _result(values):
+  return {"sides": {name: {"warmup_values": v[:1], "values": v[1:]} for name, v in values.items()}}
 
-  def wrong_twin(config, state_dict, attn, torch, device):
-    model = real_twin(config, state_dict, attn, torch, device)
-    with torch.no_grad():
-      model.model.norm.weight.add_(1.0)  # A different function from ours.
-    return model
 
-  monkeypatch.setattr(_common, "hf_twin", wrong_twin)
+def test_checks_refuse_to_time_different_models():
+  same = _result({"ours": [5.0, 4.0, 3.0], "transformers[sdpa]": [5.0, 4.0, 3.0]})
+  model_train_step.check_losses(same, "float32", enforce=True)
+  assert same["loss_check"]["transformers[sdpa]"] == [5.0, 4.0]
   with pytest.raises(SystemExit, match="do not compute the same function"):
-    model_decode.main(TINY + ["--batch_size", "1", "--seq_len", "4", "--new_tokens", "2"])
+    model_train_step.check_losses(_result({"ours": [5.0, 4.0], "transformers[sdpa]": [5.01, 4.0]}), "float32", True)
+  with pytest.raises(SystemExit, match="do not compute the same function"):  # Gradients or update differ.
+    model_train_step.check_losses(_result({"ours": [5.0, 4.0], "transformers[sdpa]": [5.0, 4.1]}), "float32", True)
+  tokens = {"ours": {"values": [[[1, 2], [3, 4]]]}, "transformers[sdpa]": {"values": [[[1, 2], [3, 5]]]}}
+  with pytest.raises(SystemExit, match="differ"):
+    model_decode.check_tokens({"sides": tokens}, "float32", enforce=True)
+  flaky = {"ours": {"values": [[[1, 2]], [[1, 3]]]}}
+  with pytest.raises(SystemExit, match="different tokens in different runs"):
+    model_decode.check_tokens({"sides": flaky}, "float32", enforce=True)
 
 
 def test_flags_and_configs():
@@ -72,11 +80,14 @@ def test_flags_and_configs():
     _common.build_config("nope", {}, "float32")
   with pytest.raises(SystemExit, match="max_seq_len"):
     model_train_step.main(["--config", "tiny", "--seq_len", "1000"])
+  with pytest.raises(ValueError, match="at least 7 pairs"):
+    model_train_step.main(["--config", "tiny", "--pairs", "3", "--seq_len", "8", "--result", "none"])
 
 
 def test_benchmarks_import_nothing_missing_on_the_gpu_machine():
   """The GPU machine has no gin / clu / seqio / tensorflow / beam / sentencepiece."""
-  code = ("import sys; import benchmarks.model_train_step, benchmarks.model_decode; "
+  code = ("import sys; import benchmarks.model_train_step, benchmarks.model_decode, benchmarks.harness; "
+          "import benchmarks._common; "
           "print(sorted({m.split('.')[0] for m in sys.modules} & "
           "{'gin', 'clu', 'seqio', 'tensorflow', 'apache_beam', 'sentencepiece'}))")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -145,6 +145,33 @@ def test_config_density_rule():
     pii.PiiConfig(density_min_hits=0)
 
 
+@pytest.mark.parametrize("text", [
+    "See section 5.10.2.1 for the details.",
+    "Paragraaf 14.3.4.1 beschrijft de installatie.",
+    "Kapitel 12.4.1.3 und Abschnitt 3.17.2.8 erklären das.",
+    "Free Software Foundation, Inc., 51 Franklin Street, Fifth Floor, Boston, MA 02110-1301 USA",
+    "Mountain View, CA 94043-1351",
+    "ZIP code: 10001-2345",
+])
+def test_section_numbers_and_zip4_codes_are_not_pii(text):
+  assert pii.find_pii(text) == [], text
+
+
+def test_small_dotted_numbers_count_as_addresses_after_an_address_word():
+  assert _types("ping 20.1.5.3 to check") == [(pii.IP_ADDRESS, "20.1.5.3")]
+  assert _types("The server at 93.184.216.34 answered.") == [(pii.IP_ADDRESS, "93.184.216.34")]
+  # A 5-4 digit shape without a state code before it stays a phone number.
+  assert _types("Tel. 06151-1234") == [(pii.PHONE, "06151-1234")]
+
+
+def test_the_default_cap_is_relative_to_length():
+  config = pii.PiiConfig()
+  words_per_address = 400  # One mailing-list address every ~400 words: a long, good page.
+  assert not config.too_much(40, 40 * words_per_address)
+  assert config.too_much(40, 40 * 20)  # A directory: one address every 20 words.
+  assert pii.PiiConfig(max_hits=20).too_much(40, 40 * words_per_address)  # Opt-in absolute cap.
+
+
 # ----------------------------------------------------------------------------- Beam stage
 
 

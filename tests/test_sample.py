@@ -254,7 +254,8 @@ def test_python_doc_pages_names_the_missing_package(tmp_path):
 
 @pytest.mark.skipif(not (make_sample.PYTHON_DOCS_DIR.exists()
                          and make_sample.DEBIAN_REFERENCE_DIR.exists()),
-                    reason="needs the Debian packages python3.11-doc and debian-reference-*")
+                    reason="the Debian packages python3.11-doc and debian-reference-* (make test installs them) "
+                           "are not installed")
 def test_rebuild_is_byte_identical(tmp_path):
   subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], check=True,
                  capture_output=True, timeout=120)

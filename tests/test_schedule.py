@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import seqio
 
+from model import data
 from tasks import schedule
 from test_tasks import data_dir  # noqa: F401  (module fixture: a registered data dir)
 
@@ -73,10 +74,10 @@ def test_invalid_schedules(stages, message):
 
 
 def test_seqio_scheduled_dataset_resumes_exactly(data_dir):  # noqa: F811
+  length = {"targets": 64}
   sched = schedule.schedule_from_tasks(
       [schedule.Stage(0, {"gf_web": 0.9, "gf_docs": 0.1}), schedule.Stage(3, {"gf_web": 0.1, "gf_docs": 0.9})],
-      examples_per_step=8)
-  length = {"targets": 64}
+      examples_per_step=8, sequence_length=length)
 
   def take(start, steps):
     ds = schedule.scheduled_dataset(sched, length, seed=4, start_step=start,
@@ -85,8 +86,9 @@ def test_seqio_scheduled_dataset_resumes_exactly(data_dir):  # noqa: F811
 
   full = take(0, 6)
   assert take(4, 2) == full[32:]
-  assert all(t[0] == 2 for t in full)  # Every chunk starts with BOS;
+  assert all(2 not in t for t in full)  # No BOS in the examples (the converter supplies it);
   assert any(t[-1] == 1 for t in full) and any(t[-1] != 1 for t in full)  # EOS ends documents only.
-  packed = seqio.DecoderFeatureConverter(pack=True)(
+  packed = data.feature_converter("gf_mixture", pack=True)(
       schedule.scheduled_dataset(sched, length, seed=4), length)
-  assert next(packed.as_numpy_iterator())["decoder_target_tokens"].shape == (64,)
+  first = next(packed.as_numpy_iterator())
+  assert first["decoder_target_tokens"].shape == (64,) and first["decoder_input_tokens"][0] == 2

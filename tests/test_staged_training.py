@@ -27,20 +27,23 @@ def staged_cfg(batch_size=8, stages=STAGES, **kwargs):
 
 # ---- packing ----
 
+BOS = 9  # Any id: pack_examples puts the one it is given where seqio's converter puts its bos_id.
+
+
 def seqio_rows(examples, pack):
   """What seqio's DecoderFeatureConverter makes of each example on its own."""
   out = []
   for ex in examples:
     ds = tf.data.Dataset.from_tensors({"targets": tf.constant(ex, tf.int32)})
-    out.append(next(seqio.DecoderFeatureConverter(pack=pack)(ds, {"targets": 10})
+    out.append(next(seqio.DecoderFeatureConverter(pack=pack, bos_id=BOS)(ds, {"targets": 10})
                     .as_numpy_iterator()))
   return out
 
 
 @pytest.mark.parametrize("pack", [True, False])
 def test_pack_examples_gives_seqio_decoder_features(pack):
-  examples = [[2, 5, 6, 1], [2, 7, 1], [2, 8, 9, 10, 11, 12, 1], [2, 13, 1], [2, 14, 15, 16, 1]]
-  batch, placed = data.pack_examples(examples, rows=3, length=10, pack=pack)
+  examples = [[5, 6, 7, 1], [7, 8, 1], [8, 9, 10, 11, 12, 13, 1], [13, 14, 1], [14, 15, 16, 17, 1]]
+  batch, placed = data.pack_examples(examples, rows=3, length=10, pack=pack, bos_id=BOS)
   if pack:  # First fit in order: rows get [0, 1, 3] (10 tokens), [2] and [4]; none is left out.
     assert placed.tolist() == [0, 0, 1, 0, 2]
   else:  # One example per row: the last two do not fit three rows.
@@ -186,7 +189,7 @@ def test_restart_continues_a_staged_run_exactly(staged_run, data_dir, tmp_path):
                              [expected[s]["loss"] for s in range(1, 9)], rtol=1e-6)
   assert all(r["data_dropped_examples"] == 0 for r in resumed.values())
   # The data position in the checkpoint is the step, not a stream state.
-  position = json.loads((tmp_path / "checkpoints" / "3" / "data" / "process_0" /
+  position = json.loads((tmp_path / "checkpoints" / "3" / "data" / "shard_00000-of-00001" /
                          "iterator.json").read_text())
   assert position["step"] == 3
 

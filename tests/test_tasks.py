@@ -1,4 +1,4 @@
-"""Tests for tasks/: cached Tasks, chunking with BOS/EOS, the token-weighted Mixture, YAML mixtures."""
+"""Tests for tasks/: cached Tasks, chunking with EOS, the token-weighted Mixture, YAML mixtures."""
 
 import collections
 import json
@@ -12,6 +12,7 @@ import seqio
 import sentencepiece as spm
 
 import tasks
+from model import data
 from pipelines import common
 from pipelines import tokenize
 from tasks import mixtures
@@ -61,9 +62,10 @@ def test_register_is_idempotent_and_records_tiers(data_dir):
   assert seqio.get_mixture_or_task("gf_docs").output_features["targets"].vocabulary is vocab
 
 
-def test_cached_dataset_chunks_documents_with_bos_and_eos(data_dir):
+def test_cached_dataset_chunks_documents_with_eos_and_no_bos(data_dir):
   path, _ = data_dir
   expected = doc_tokens(path)
+  vocab = tasks.get_vocabulary(str(path))
   length = 64
   chunks = collections.defaultdict(list)
   for split in ("train", "validation"):
@@ -71,15 +73,16 @@ def test_cached_dataset_chunks_documents_with_bos_and_eos(data_dir):
         sequence_length={"targets": length}, split=split, use_cached=True, shuffle=False)
     for ex in ds.as_numpy_iterator():
       targets = ex["targets"].tolist()
-      assert targets[0] == 2 and 2 <= len(targets) <= length  # Every chunk starts with BOS.
-      assert 2 not in targets[1:] and 1 not in targets[1:-1]
-      chunks[ex["id"].decode()].append(targets[1:])
+      assert 1 <= len(targets) <= length
+      # No BOS in the targets (the feature converter supplies it); EOS only at the end.
+      assert vocab.bos_id not in targets and vocab.eos_id not in targets[:-1]
+      chunks[ex["id"].decode()].append(targets)
   assert len(chunks) == 21
   for doc_id, parts in chunks.items():  # Chunks come in order and nothing is truncated.
     # EOS ends the document's last chunk only; a middle chunk ends with the document's own text.
     assert all(part[-1] != 1 for part in parts[:-1]) and parts[-1][-1] == 1
     assert sum(parts, []) == expected[doc_id] + [1]
-  assert len(chunks[LONG_ID]) == -(-len(expected[LONG_ID]) // (length - 2)) > 5
+  assert len(chunks[LONG_ID]) == -(-len(expected[LONG_ID]) // (length - 1)) > 5
   with pytest.raises(ValueError, match="requires caching"):
     seqio.get_mixture_or_task("gf_docs").get_dataset({"targets": length}, use_cached=False)
 
@@ -91,17 +94,18 @@ def test_max_chunk_tokens_caps_chunks(data_dir):
     ds = seqio.get_mixture_or_task("gf_web").get_dataset(
         sequence_length={"targets": 512}, split="train", use_cached=True, shuffle=False)
     lengths = [len(ex["targets"]) for ex in ds.as_numpy_iterator()]
-    assert max(lengths) == 12 and min(lengths) >= 3
+    assert max(lengths) == 11 and min(lengths) >= 2  # 10 tokens (+ EOS on a last chunk).
   finally:
     tasks.register_data_dir(str(path))
 
 
 def test_split_into_chunks_rejects_impossible_lengths():
   with pytest.raises(ValueError, match="at least one token"):
-    preprocessors.chunk_length({"targets": 2}, None)
+    preprocessors.chunk_length({"targets": 1}, None)
+  assert preprocessors.chunk_length({"targets": 2}, None) == 1
   assert preprocessors.chunk_length(None, None) is None
   assert preprocessors.chunk_length({"targets": 100}, 30) == 30
-  assert preprocessors.chunk_length({"targets": 20}, 30) == 18
+  assert preprocessors.chunk_length({"targets": 20}, 30) == 19
 
 
 def draw_token_fractions(mixture, length, num_examples, seed=0):
@@ -112,7 +116,8 @@ def draw_token_fractions(mixture, length, num_examples, seed=0):
   source = {d["id"]: f"gf_{d['source']}" for d in docs()}
   draws = np.zeros((num_examples, 2))  # Content tokens of each draw from gf_docs, gf_web.
   for i, ex in enumerate(ds.take(num_examples).as_numpy_iterator()):
-    draws[i, ["gf_docs", "gf_web"].index(source[ex["id"].decode()])] = len(ex["targets"]) - 2
+    content = len(ex["targets"]) - int(ex["targets"][-1] == 1)  # EOS ends a document's last chunk.
+    draws[i, ["gf_docs", "gf_web"].index(source[ex["id"].decode()])] = content
   return draws
 
 
@@ -123,8 +128,8 @@ def test_mixture_realises_token_shares_when_documents_are_chunked(data_dir):
   total = sum(c["tokens"] for c in train.values())
   shares = tasks.MIXTURE_TOKEN_SHARES["gf_mixture"]
   assert shares == pytest.approx({t: c["tokens"] / total for t, c in train.items()})
-  length = 64  # Chunks of 62 tokens: a gf_docs page gives ~8-30 examples, a gf_web page 1-3.
-  chunks = {t: c["chunks"][str(length - 2)] for t, c in train.items()}
+  length = 64  # Chunks of 63 tokens: a gf_docs page gives ~8-30 examples, a gf_web page 1-3.
+  chunks = {t: c["chunks"][str(length - 1)] for t, c in train.items()}
   per_doc = {t: chunks[t] / train[t]["documents"] for t in train}
   assert per_doc["gf_docs"] > 4 * per_doc["gf_web"]
 
@@ -150,7 +155,7 @@ def test_mixture_rates_follow_the_sequence_length(data_dir):
   for length in (64, 1024):
     rates = mixture.rates({"targets": length})
     for task, rate in rates.items():
-      expected = shares[task] * counts[task]["chunks"][str(length - 2)] / counts[task]["tokens"]
+      expected = shares[task] * counts[task]["chunks"][str(length - 1)] / counts[task]["tokens"]
       assert rate == pytest.approx(expected)
   # No sequence length (no chunking): one example per document.
   for task, rate in mixture.rates(None).items():
@@ -163,8 +168,8 @@ def task_doc_lengths(data_dir, task):
   ds = seqio.get_mixture_or_task(task).get_dataset(None, split="train", use_cached=True, shuffle=False)
   for ex in ds.as_numpy_iterator():
     assert sources[ex["id"].decode()] == task
-    lengths.append(len(ex["targets"]) - 2)  # Without chunking: the document plus BOS and EOS.
-    assert ex["targets"][0] == 2 and ex["targets"][-1] == 1
+    lengths.append(len(ex["targets"]) - 1)  # Without chunking: the document plus EOS.
+    assert ex["targets"][-1] == 1 and 2 not in ex["targets"]
   return lengths
 
 
@@ -176,15 +181,15 @@ def test_examples_at_is_exact_at_recorded_lengths_and_close_between(data_dir):
     def true_count(c):
       return sum(-(-n // c) for n in lengths)
     assert mixtures.examples_at(counts, None) == len(lengths)
-    assert mixtures.examples_at(counts, 62) == true_count(62)
+    assert mixtures.examples_at(counts, 63) == true_count(63)
     # The recorded count is what the Task really yields at that sequence length.
     ds = seqio.get_mixture_or_task(task).get_dataset({"targets": 64}, split="train", use_cached=True,
                                                      shuffle=False)
-    assert sum(1 for _ in ds.as_numpy_iterator()) == true_count(62)
+    assert sum(1 for _ in ds.as_numpy_iterator()) == true_count(63)
     assert mixtures.examples_at(counts, 1) == sum(lengths)
+    recorded = (1,) + tokenize.STANDARD_CHUNK_LENGTHS + (10**9,)
     for c in (20, 45, 98, 200, 700, 3000, 20000, 10**6):  # Not recorded: interpolated.
-      lo, hi = max(k for k in (1, 30, 62, 126, 254, 510, 1022, 2046, 4094, 8190, 16382, 32766, 10**9) if k <= c), \
-          min(k for k in (30, 62, 126, 254, 510, 1022, 2046, 4094, 8190, 16382, 32766, 10**9) if k >= c)
+      lo, hi = max(k for k in recorded if k <= c), min(k for k in recorded if k >= c)
       estimate = mixtures.examples_at(counts, c)
       assert true_count(hi) <= estimate <= true_count(lo)
       assert estimate == pytest.approx(true_count(c), rel=0.1)
@@ -219,14 +224,16 @@ def test_trainer_path_packs_train_and_validation(data_dir):
     ds = mixture.get_dataset(
         sequence_length={"targets": length}, split=split, shuffle=True, seed=1, use_cached=True,
         shard_info=seqio.ShardInfo(index=1, num_shards=2), num_epochs=1)
-    packed = seqio.DecoderFeatureConverter(pack=True)(ds, {"targets": length})
+    packed = data.feature_converter("gf_mixture", pack=True)(ds, {"targets": length})
     batch = next(packed.batch(16).as_numpy_iterator())
     assert set(batch) == {"decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
                           "decoder_segment_ids", "decoder_positions"}
     assert batch["decoder_target_tokens"].shape == (16, length)
     targets, segments = batch["decoder_target_tokens"], batch["decoder_segment_ids"]
     starts = (batch["decoder_positions"] == 0) & (segments > 0)
-    assert np.all(targets[starts] == 2)  # Every packed segment starts with BOS.
+    bos = tasks.get_vocabulary(str(data_dir[0])).bos_id
+    # Every packed segment's inputs start with the vocabulary's BOS; no target is BOS.
+    assert np.all(batch["decoder_input_tokens"][starts] == bos) and not np.any(targets == bos)
     assert segments.max() > 1  # Several chunks (short pages, documents' last chunks) share a row.
 
 
@@ -280,10 +287,35 @@ tasks:
     ("name: m\nrates: 1\ntasks: {gf_docs: {rate: 1}}", "Unknown mixture config keys"),
     ("- just a list", "must be a mapping"),
     ("name: [unclosed", "not valid YAML"),
+    ("name: gf_docs\ntasks: {gf_web: {rate: 1}}", "'gf_docs' is the name of a registered task"),
+    ("name: my mix\ntasks: {gf_docs: {rate: 1}}", "'my mix' is invalid"),
+    ("name: ../m\ntasks: {gf_docs: {rate: 1}}", "'../m' is invalid"),
+    ("name: 7m\ntasks: {gf_docs: {rate: 1}}", "'7m' is invalid"),
+    ("name: m\ntasks: {gf_docs: {rate: .nan}}", "invalid rate nan"),
+    ("name: m\ntasks: {gf_docs: {rate: .inf}, gf_web: {rate: 1}}", "invalid rate inf"),
+    ("name: m\ntasks: {gf_docs: {rate: true}}", "invalid rate True"),
+    ("name: m\ntasks: {gf_docs: {weight_by: tokens, cap_tokens: .inf}}", "invalid cap_tokens inf"),
+    ("name: m\ntemperature: .nan\ntasks: {gf_docs: {rate: 1}}", "temperature must be a finite"),
+    ("name: m\ntasks:\n  gf_docs: {rate: 0.5}\n  gf_web: {rate: 0.3}\n  gf_docs: {rate: 0.2}\n",
+     "'gf_docs' is listed twice in the same mapping \\(line 5\\)"),
+    ("name: m\nname: n\ntasks: {gf_docs: {rate: 1}}", "'name' is listed twice"),
+    ("name: m\ntasks: {gf_mixture: {rate: 1}}", "a mixture cannot be a part of another"),
+    ("name: m\ntasks: {synthetic_lm: {rate: 1}}", "synthetic_lm has no cached train split"),
 ])
 def test_yaml_mixture_errors(data_dir, tmp_path, text, message):
-  with pytest.raises(tasks.MixtureConfigError, match=message.replace("[", r"\[")):
+  with pytest.raises(tasks.MixtureConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
     tasks.register_mixture_from_yaml(write_yaml(tmp_path, text))
+  assert "m" not in seqio.MixtureRegistry.names()
+
+
+def test_yaml_mixture_may_not_replace_a_mixture_registered_elsewhere(data_dir, tmp_path):
+  seqio.MixtureRegistry.remove("gf_plain")
+  seqio.MixtureRegistry.add("gf_plain", [("gf_docs", 1.0)])
+  try:
+    with pytest.raises(tasks.MixtureConfigError, match="'gf_plain' is a mixture registered by other code"):
+      tasks.register_mixture_from_yaml(write_yaml(tmp_path, "name: gf_plain\ntasks: {gf_web: {rate: 1}}"))
+  finally:
+    seqio.MixtureRegistry.remove("gf_plain")
 
 
 def test_unfinished_data_dir_is_refused(tmp_path):

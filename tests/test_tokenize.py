@@ -108,11 +108,13 @@ def test_tokens_ids_splits_and_stats_are_consistent(data_dir, tokenizer_path):
       assert entry["splits"][split]["tokens"] == split_tokens
       # Examples per chunk length, for the mixture rates: sum of ceil(n / c) over the documents.
       chunks = entry["splits"][split]["chunks"]
-      assert set(chunks) == {str(length - 2) for length in tokenize.STANDARD_SEQUENCE_LENGTHS}
+      # Chunk length L - 1: the Task's chunk plus the document's EOS fill L (BOS is an input).
+      assert set(chunks) == {str(length - 1) for length in tokenize.STANDARD_SEQUENCE_LENGTHS}
       assert chunks == {str(c): sum(-(-n // c) for n in lengths) for c in tokenize.STANDARD_CHUNK_LENGTHS}
   assert set(seen) == set(docs) - {"00000000000000aa", "00000000000000bb"}
   assert 0.05 < sum(s == "validation" for s in seen.values()) / len(seen) < 0.4
-  assert sources["special_ids"] == {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
+  assert sources["special_ids"] == {"pad": 0, "eos": 1, "bos": 2, "unk": 3, "start_of_turn": 4,
+                                    "end_of_turn": 5}
   assert sources["special_ids_match_gemma"] is True
   assert {s: e["tier"] for s, e in sources["sources"].items()} == {
       "docs": "high", "web": "standard", "my-site.org": "standard"}
@@ -121,7 +123,7 @@ def test_tokens_ids_splits_and_stats_are_consistent(data_dir, tokenizer_path):
 def test_count_chunks():
   assert tokenize.count_chunks([1, 62, 63, 124, 125], [62, 126]) == {"62": 1 + 1 + 2 + 2 + 3, "126": 5}
   assert tokenize.count_chunks([], [30]) == {"30": 0}
-  assert tokenize.STANDARD_CHUNK_LENGTHS[:3] == (30, 62, 126) and tokenize.STANDARD_CHUNK_LENGTHS[-1] == 32766
+  assert tokenize.STANDARD_CHUNK_LENGTHS[:3] == (31, 63, 127) and tokenize.STANDARD_CHUNK_LENGTHS[-1] == 32767
 
 
 def test_stats_account_for_every_record(data_dir):

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,14 +102,41 @@ def test_schedules_warmup_rsqrt_cosine_wsd():
     optimizers.create_schedule("linear")
 
 
-def test_adafactor_and_adamw_clip_then_update():
+def _clip(grads, max_norm):
+  """Clipping by global norm, computed here in numpy (independently of optax)."""
+  norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in jax.tree.leaves(grads)))
+  return jax.tree.map(lambda g: np.asarray(g) * min(1.0, max_norm / norm), grads)
+
+
+def _two_updates(tx, params, grads):
+  state = tx.init(params)
+  out = []
+  for g in grads:
+    updates, state = tx.update(g, state, params)
+    out.append(updates)
+  return out
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_gradient_clipping_changes_the_update(name):
+  """Adam and Adafactor normalise a gradient's scale away, so one step cannot show clipping.
+  Two steps can: a huge first gradient, clipped to norm 1, weighs no more than the small second
+  one. The updates must be those of the unclipped optimizer fed gradients clipped by hand, and
+  differ from those of the unclipped optimizer fed the raw gradients."""
+  rng = np.random.default_rng(0)
   params = {"w": jnp.ones((4, 3)), "scale": jnp.ones((3,))}
-  grads = {"w": jnp.full((4, 3), 100.0), "scale": jnp.zeros((3,))}
-  for name in ("adafactor", "adamw"):
-    opt = optimizers.create_optimizer(name, optimizers.create_schedule("constant", 0.1, 0),
-                                      clip_grad_norm=1.0, weight_decay=0.1)
-    updates, _ = opt.tx.update(grads, opt.tx.init(params), params)
-    assert np.all(np.asarray(updates["w"]) < 0), name  # Moves against the gradient.
+  big = {"w": 100 * rng.normal(size=(4, 3)), "scale": 100 * rng.normal(size=(3,))}
+  small = {"w": 0.05 * rng.normal(size=(4, 3)), "scale": 0.05 * rng.normal(size=(3,))}
+  grads = [jax.tree.map(jnp.asarray, g) for g in (big, small)]
+  schedule = optimizers.create_schedule("constant", 0.1, 0)
+  clipped = optimizers.create_optimizer(name, schedule, clip_grad_norm=1.0, weight_decay=0.1)
+  plain = optimizers.create_optimizer(name, schedule, clip_grad_norm=None, weight_decay=0.1)
+  got = _two_updates(clipped.tx, params, grads)
+  want = _two_updates(plain.tx, params, [jax.tree.map(jnp.asarray, _clip(g, 1.0)) for g in grads])
+  unclipped = _two_updates(plain.tx, params, grads)
+  for g, w in zip(got, want):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, w)
+  assert not np.allclose(got[1]["w"], unclipped[1]["w"], rtol=1e-3)
   with pytest.raises(ValueError, match="Unknown optimizer"):
     optimizers.create_optimizer("sgd")
 
@@ -267,15 +295,116 @@ def test_eval_cli_writes_json(finished_run):
   assert row["loss"] < math.log(data.SYNTHETIC_VOCAB_SIZE)  # It learned something.
 
 
-def test_infer_greedy_from_checkpoint(finished_run):
+def test_infer_greedy_from_checkpoint_equals_transformers_generate(finished_run, tmp_path):
+  """Greedy completions must be what HF transformers' `generate` gives on the same checkpoint,
+  exported to a GemmaForCausalLM (an independent decoder: torch, its own KV cache)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from model import hf_convert
+  from model.infer import special_ids
   model = _tiny_model()
-  first = infer(model=model, prompts=["5,6,7", "9"], model_dir=str(finished_run),
-                method="greedy", max_decode_len=6)
-  again = infer(model=model, prompts=["5,6,7", "9"], model_dir=str(finished_run),
-                method="greedy", max_decode_len=6)
-  assert first == again
-  assert all(len(r["completion_ids"]) <= 6 for r in first)
+  prompts = {"5,6,7": [5, 6, 7], "9": [9], "200,17,33,4,4": [200, 17, 33, 4, 4]}
+  results = infer(model=model, prompts=list(prompts), model_dir=str(finished_run),
+                  method="greedy", max_decode_len=6)
+  step_dir = finished_run / "checkpoints" / "12"
+  params = checkpoints.load_params(str(step_dir), model.abstract_params())
+  hf_convert.export_hf(jax.device_get(params), model.config, str(tmp_path / "hf"))
+  hf_model = transformers.GemmaForCausalLM.from_pretrained(str(tmp_path / "hf"),
+                                                           attn_implementation="eager").eval()
+  bos, stops = special_ids(None)
+  for result, ids in zip(results, prompts.values()):
+    with torch.no_grad():
+      out = hf_model.generate(torch.tensor([[bos] + ids]), max_new_tokens=6, do_sample=False,
+                              eos_token_id=list(stops), pad_token_id=0)
+    theirs = out[0, len(ids) + 1:].tolist()
+    theirs = theirs[:next((i for i, t in enumerate(theirs) if t in stops or t == 0), len(theirs))]
+    assert result["completion_ids"] == theirs, result
+  assert any(len(r["completion_ids"]) == 6 for r in results)  # Not all cut short by a stop.
   with pytest.raises(ValueError, match="token ids"):
     infer(model=model, prompts=["hello"], model_dir=str(finished_run))
   with pytest.raises(ValueError, match="No checkpoints"):
     infer(model=model, prompts=["5"], model_dir=str(finished_run / "empty"))
+
+
+# ---- robustness of the trainer's inputs ----
+
+def test_a_torn_last_metrics_line_is_tolerated_on_resume(finished_run, tmp_path):
+  import shutil
+  model_dir = tmp_path / "run"
+  shutil.copytree(finished_run, model_dir)
+  metrics = model_dir / "metrics.jsonl"
+  lines = metrics.read_text().splitlines()
+  metrics.write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])  # A kill mid-write.
+  logger = train.MetricsLogger(str(model_dir), resume_step=12)
+  assert [r["step"] for r in logger.records()] == list(range(1, 13))
+  logger.close()
+  assert metrics.read_text().splitlines() == lines  # The torn line was dropped, nothing else.
+  # A bad line that is not the last one is corruption, not a torn write: an error naming it.
+  metrics.write_text("\n".join(lines[:3] + ["{not json"] + lines[3:]) + "\n")
+  with pytest.raises(ValueError, match=r"metrics.jsonl line 4 is not JSON"):
+    train.MetricsLogger(str(model_dir), resume_step=12)
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("TRAIN_STEPS = '100'", "gin macro TRAIN_STEPS = '100' has type str, but must be int"),
+    ("LEARNING_RATE = '3e-3'", "gin macro LEARNING_RATE = '3e-3' has type str, but must be int or float"),
+    ("BATCH_SIZE = 8.0", "gin macro BATCH_SIZE = 8.0 has type float, but must be int"),
+    ("USE_CACHED_TASKS = 'no'", "gin macro USE_CACHED_TASKS = 'no' has type str, but must be bool"),
+])
+def test_wrong_typed_gin_macros_are_named_before_anything_runs(binding, message):
+  gin.clear_config()
+  try:
+    with pytest.raises(ValueError, match=re.escape(message) + ".*" + re.escape(repr(binding))):
+      gin_utils.parse_gin(["gin/small_cpu.gin"], [binding])
+  finally:
+    gin.clear_config()
+
+
+def test_wrong_typed_train_arguments_name_the_setting(tmp_path):
+  with pytest.raises(ValueError, match=r"TRAIN_STEPS \(train.total_steps\) must be a positive int, "
+                                       r"got '5' \(str\)"):
+    train.train(**_train_kwargs(tmp_path, total_steps="5"))
+  with pytest.raises(ValueError, match=r"BATCH_SIZE \(DatasetConfig.batch_size\) must be a positive "
+                                       r"int, got 8.0"):
+    train.train(**_train_kwargs(tmp_path, train_dataset_cfg=data.DatasetConfig(
+        TASK, LENGTHS, "train", 8.0)))
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def _register_task(name, documents_fn):
+  import seqio
+  import tensorflow as tf
+  if name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(documents_fn, splits=("train",)),
+        preprocessors=[seqio.preprocessors.append_eos_after_trim],
+        output_features={"targets": seqio.Feature(
+            data.SyntheticVocabulary(), dtype=tf.int32)})
+  return name
+
+
+def test_out_of_vocab_ids_in_a_batch_stop_training_with_a_clear_error(tmp_path):
+  """Ids the embedding table does not have would silently become NaN inside the jitted step:
+  the loss masks them, counts them, and the trainer stops at the first such step."""
+  import seqio
+  import tensorflow as tf
+  model = _tiny_model()
+  params = model.init_params(jax.random.PRNGKey(0))
+  batch = _batch(4)
+  inputs = batch["decoder_input_tokens"].copy()
+  inputs[0, 1], inputs[2, 5] = 300, -4
+  loss, metrics = jax.jit(model.loss_fn)(params, {**batch, "decoder_input_tokens": inputs})
+  assert np.isfinite(float(loss)) and int(metrics["invalid_tokens"]) == 2
+  assert int(jax.jit(model.loss_fn)(params, batch)[1]["invalid_tokens"]) == 0
+
+  def documents(split, shuffle_files=False, seed=None):  # Declares 256 ids, holds a 300.
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({"targets": tf.constant(
+        [[5, 6, 7, 8, 300, 9, 10, 11]] * 16, tf.int32)})
+  name = _register_task("test_out_of_vocab_data", documents)
+  try:
+    with pytest.raises(ValueError, match=r"Step 1: the batch held \d+ token ids outside \[0, 256\)"):
+      train.train(**_train_kwargs(tmp_path, total_steps=1, train_dataset_cfg=data.DatasetConfig(
+          name, LENGTHS, "train", 4, shuffle=False)))
+  finally:
+    seqio.TaskRegistry.remove(name)

@@ -1,0 +1,106 @@
+"""The cost of the data pipeline at Common Crawl scale, projected from measured per-stage rates.
+
+Reads benchmarks/results/stage_memory.json (each stage run alone on this machine at 1x..100x the
+sample: documents in, CPU seconds, output bytes) and projects, per stage, the vCPU-hours, the
+output bytes and the peak memory per worker for a crawl of ``--pages`` pages and for the documents
+that the paper's 6T-token mixture needs. Writes benchmarks/results/scale_plan.json and prints the
+Markdown table that docs/scale.md quotes.
+
+    .venv/bin/python -m benchmarks.scale_plan [--pages=3e9] [--tokens=6e12]
+
+Stated assumptions (not measurements): every page reaches every stage (no drops before it: an upper
+bound), and the rate at the largest measured scale holds beyond it (the per-run start-up cost is
+then amortised; the 1x rate understates throughput). Output bytes per input document count
+everything a stage writes (kept documents, rejects with their documents, stats), so stages that
+drop much (dedupe on the repeated input, where 99 of 100 copies are near duplicates) write their
+rejects at full size. The documents of the 6T-token column use the tokenize stage's tokens per
+document with the project's tokenizer trained on the sample (a 4k vocabulary: more tokens per
+document than Gemma's 256k one, so fewer documents than the 6T-token mixture really needs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from benchmarks import harness
+
+MEMORY_RESULT = os.path.join(harness.RESULTS_DIR, "stage_memory.json")
+
+
+def _pages_in(row: dict) -> int:
+  """Documents a stage took in; for extract, the HTTP responses (WARC request and metadata records
+  are skipped as ``non_response_record``), so every stage is per page."""
+  if row["stage"] == "extract":
+    return row["stats"]["in"] - row["stats"]["dropped"].get("non_response_record", 0)
+  return row["documents_in"]
+
+
+def project(rows: list[dict], pages: float, tokens: float) -> dict:
+  largest: dict[str, dict] = {}
+  smallest: dict[str, dict] = {}
+  for row in rows:
+    stage = row["stage"]
+    if stage not in largest or row["scale"] > largest[stage]["scale"]:
+      largest[stage] = row
+    if stage not in smallest or row["scale"] < smallest[stage]["scale"]:
+      smallest[stage] = row
+  tok = largest.get("tokenize", {}).get("stats", {})
+  tokens_per_doc = (tok.get("train_tokens", 0) + tok.get("validation_tokens", 0)) / max(
+      tok.get("kept", 0), 1)
+  docs_for_tokens = tokens / tokens_per_doc if tokens_per_doc else None
+  stages = []
+  for stage, row in largest.items():
+    documents = _pages_in(row)
+    rate = documents / row["cpu_s"]  # documents (pages) per CPU-second, start-up included
+    bytes_per_doc = row.get("output_bytes", 0) / max(documents, 1)  # kept docs + rejects + stats
+    stages.append({
+        "stage": stage,
+        "measured_at_scale": row["scale"],
+        "documents_measured": documents,
+        "docs_per_cpu_s": round(rate, 1),
+        "vcpu_hours_per_snapshot": round(pages / rate / 3600),
+        "vcpu_hours_for_6t_tokens": round(docs_for_tokens / rate / 3600) if docs_for_tokens else None,
+        "output_bytes_per_input_doc": round(bytes_per_doc),
+        "output_tib_per_snapshot": round(pages * bytes_per_doc / 2**40, 1),
+        "peak_rss_mib": {str(r["scale"]): r["peak_rss_mib"] for r in rows if r["stage"] == stage},
+    })
+  return {"pages": pages, "tokens": tokens, "tokens_per_document": round(tokens_per_doc, 1),
+          "documents_for_tokens": docs_for_tokens, "stages": stages,
+          "source": os.path.relpath(MEMORY_RESULT, os.path.dirname(harness.RESULTS_DIR))}
+
+
+def markdown(plan: dict) -> str:
+  lines = ["| stage | docs / CPU-s (at scale) | vCPU-hours, one snapshot | vCPU-hours, 6T tokens | "
+           "output bytes / input doc | output, one snapshot | peak RSS MiB by scale |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+  for s in plan["stages"]:
+    rss = ", ".join(f"{k}x: {v:.0f}" for k, v in sorted(s["peak_rss_mib"].items(), key=lambda kv: int(kv[0])))
+    for_tokens = s["vcpu_hours_for_6t_tokens"]
+    for_tokens = f"{for_tokens:,}" if for_tokens is not None else "n/a"
+    lines.append(f"| {s['stage']} | {s['docs_per_cpu_s']} ({s['measured_at_scale']}x) | "
+                 f"{s['vcpu_hours_per_snapshot']:,} | {for_tokens} | "
+                 f"{s['output_bytes_per_input_doc']:,} | {s['output_tib_per_snapshot']} TiB | {rss} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--pages", type=float, default=3e9, help="pages of one crawl snapshot")
+  parser.add_argument("--tokens", type=float, default=6e12, help="tokens of the training mixture")
+  parser.add_argument("--result", default=os.path.join(harness.RESULTS_DIR, "scale_plan.json"))
+  args = parser.parse_args(argv)
+  with open(MEMORY_RESULT) as f:
+    rows = json.load(f)["rows"]
+  plan = project(rows, args.pages, args.tokens)
+  print(markdown(plan))
+  if args.result != "none":
+    with open(args.result, "w") as f:
+      json.dump(plan, f, indent=2, sort_keys=True)
+    print(f"wrote {args.result}")
+  return plan
+
+
+if __name__ == "__main__":
+  main()

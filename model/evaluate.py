@@ -1,0 +1,374 @@
+r"""Academic benchmarks the way the Gemma paper runs them: one command, one table.
+
+  python -m model.evaluate --gin_file=gin/runs/benchmarks.gin \
+      --gin.CHECKPOINT="'out/model/checkpoints/300'" --gin.TOKENIZER="'out/demo/data/tokenizer.model'" \
+      --gin.OUTPUT_DIR="'out/eval'"
+
+CHECKPOINT is an orbax step directory written by ``model.train`` (the model comes from the gin
+MODEL: add ``--gin_file=gin/models/small.gin`` after the run file) or a Hugging Face Gemma directory
+(``config.json`` + ``*.safetensors``, e.g. one written by ``model.hf_convert.export_hf``).
+
+Every benchmark of ``tasks.benchmarks.BENCHMARKS`` is read from local files (BENCHMARK_DATA, in
+each public release's layout), turned into lm-evaluation-harness requests (same templates,
+few-shot layout and tokenization as lm-eval's HF backend) and answered by the model: multiple
+choice by log-likelihood, generation greedily until the stop sequences (k samples for maj@k /
+pass@k), code in ``model.code_sandbox``. Writes ``results.json``, ``results.md`` and
+``results.html`` in OUTPUT_DIR: per benchmark the setting, our score with a bootstrap 95%
+confidence interval, and the paper's Gemma 2B / 7B figures (arXiv:2403.08295, Table 6).
+"""
+
+from __future__ import annotations
+
+import collections
+import html
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model import gin_utils
+
+if __name__ == "__main__":
+  # Run the importable `model.evaluate`, not this `__main__` copy: gin must see each configurable once.
+  from model import evaluate as _evaluate_module
+  gin_utils.run(_evaluate_module.main)
+
+
+class CheckpointTokenizerMismatch(ValueError):
+  """The tokenizer does not belong to the checkpoint (ids the model cannot embed, other specials)."""
+
+
+# ---------------------------------------------------------------- model and tokenizer
+
+
+def load_checkpoint(checkpoint: str, model=None):
+  """(DecoderOnlyModel, params, hf_config or None) from an HF Gemma dir or an orbax step dir."""
+  from model.models import DecoderOnlyModel
+  if os.path.exists(os.path.join(checkpoint, "config.json")):
+    from model import hf_convert
+    config, params = hf_convert.import_hf(checkpoint, dtype="float32")
+    with open(os.path.join(checkpoint, "config.json")) as f:
+      hf_config = json.load(f)
+    return DecoderOnlyModel(config), jax.tree.map(jnp.asarray, params), hf_config
+  if model is None:
+    raise ValueError(f"{checkpoint} has no config.json (not an HF directory): an orbax checkpoint "
+                     "needs MODEL from a gin model file, e.g. --gin_file=gin/models/small.gin")
+  from model import checkpoints
+  step_dir = checkpoints.resolve_checkpoint_path(checkpoint, None)
+  params = checkpoints.load_params(step_dir, model.abstract_params())
+  return model, params, None
+
+
+def check_tokenizer(config, vocab, tokenizer_path: str, checkpoint: str, hf_config=None) -> None:
+  """Refuses a tokenizer whose ids the checkpoint cannot embed or whose special ids differ."""
+  if vocab.vocab_size > config.vocab_size:
+    raise CheckpointTokenizerMismatch(
+        f"tokenizer {tokenizer_path} has {vocab.vocab_size} pieces but checkpoint {checkpoint} has "
+        f"vocab_size {config.vocab_size} (field vocab_size): they do not belong together")
+  from tasks.special_tokens import special_tokens
+  ids = special_tokens(vocab)
+  for field, name in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "pad")):
+    if hf_config is not None and field in hf_config and hf_config[field] is not None:
+      want = getattr(ids, name)
+      if int(hf_config[field]) != want:
+        raise CheckpointTokenizerMismatch(
+            f"{os.path.join(checkpoint, 'config.json')} field {field} is {hf_config[field]} but "
+            f"tokenizer {tokenizer_path} has {name} = {want}")
+
+
+def export_hf_tokenizer(tokenizer_path: str, out_dir: str) -> None:
+  """Writes ``tokenizer.model`` + ``tokenizer_config.json`` so that transformers'
+  ``AutoTokenizer`` tokenizes exactly as SentencePiece does (BOS added, no EOS) and decodes the
+  user-defined pieces (turn markers, whitespace runs) as text: only pad/eos/bos/unk are special."""
+  import shutil
+  from sentencepiece import sentencepiece_model_pb2
+  proto = sentencepiece_model_pb2.ModelProto()
+  with open(tokenizer_path, "rb") as f:
+    proto.ParseFromString(f.read())
+  kinds = sentencepiece_model_pb2.ModelProto.SentencePiece
+  added = {str(i): {"content": p.piece, "special": p.type != kinds.USER_DEFINED, "normalized": False,
+                    "lstrip": False, "rstrip": False, "single_word": False}
+           for i, p in enumerate(proto.pieces) if p.type in (kinds.CONTROL, kinds.UNKNOWN, kinds.USER_DEFINED)}
+  os.makedirs(out_dir, exist_ok=True)
+  shutil.copyfile(tokenizer_path, os.path.join(out_dir, "tokenizer.model"))
+  config = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
+            "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>",
+            "mask_token": None, "added_tokens_decoder": added, "model_max_length": 1 << 30}
+  with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+
+
+class LanguageModel:
+  """Answers lm-eval requests with our decoder: log-likelihoods and generation."""
+
+  def __init__(self, model, params, vocab, max_length: Optional[int] = None, batch_size: int = 8,
+               bucket: int = 32, progress_every_s: float = 30.0):
+    self.model, self.params, self.vocab = model, params, vocab
+    self.progress = _Progress(progress_every_s)
+    self.max_length = int(max_length or model.config.max_seq_len)
+    self.batch_size, self.bucket = batch_size, bucket
+    from tasks.special_tokens import special_tokens
+    self.eos = special_tokens(vocab).eos
+    self._score = jax.jit(self._score_impl)
+
+  def _score_impl(self, params, inputs, targets, weights):
+    stats = self.model.token_statistics(params, {"decoder_input_tokens": inputs,
+                                                 "decoder_target_tokens": targets})
+    log_probs = stats["target_logit"] - stats["log_z"]
+    return jnp.sum(log_probs * weights, -1), jnp.all((stats["correct"] > 0) | (weights == 0), -1)
+
+  def loglikelihood(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
+                    ) -> list[tuple[float, bool]]:
+    """(sum log p(continuation | context), continuation is the greedy one), lm-eval's semantics:
+    the last ``max_length + 1`` tokens of context + continuation are kept."""
+    rows = []
+    for context, continuation in pairs:
+      if not continuation:
+        raise ValueError("a log-likelihood request has an empty continuation")
+      tokens = (list(context) + list(continuation))[-(self.max_length + 1):]
+      rows.append((tokens[:-1], tokens[1:], min(len(continuation), len(tokens) - 1)))
+    out: list[tuple[float, bool]] = [None] * len(rows)  # type: ignore[list-item]
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    self.progress.start("log-likelihood requests", len(rows))
+    for start in range(0, len(order), self.batch_size):
+      self.progress.update(start)
+      chunk = order[start:start + self.batch_size]
+      length = _round_up(max(len(rows[i][0]) for i in chunk), self.bucket)
+      inputs = np.zeros((self.batch_size, length), np.int32)
+      targets = np.zeros_like(inputs)
+      weights = np.zeros((self.batch_size, length), np.float32)
+      for j, i in enumerate(chunk):
+        inp, tgt, n = rows[i]
+        inputs[j, :len(inp)], targets[j, :len(tgt)] = inp, tgt
+        weights[j, len(tgt) - n:len(tgt)] = 1.0
+      lls, greedy = jax.device_get(self._score(self.params, inputs, targets, weights))
+      for j, i in enumerate(chunk):
+        out[i] = (float(lls[j]), bool(greedy[j]))
+    return out
+
+  def generate(self, contexts: Sequence[Sequence[int]], until: Sequence[str], max_gen_toks: int,
+               samples: int = 1, seed: int = 0, temperature: float = 0.8) -> list[list[str]]:
+    """For each context (token ids, BOS first), ``samples`` outputs (greedy when 1), cut at the
+    first stop sequence. As lm-eval, a context keeps its last ``max_length - max_gen_toks`` tokens."""
+    from model import decoding
+    from tasks.benchmarks.generation import cut_at_stop
+    max_context = self.max_length - max_gen_toks
+    if max_context <= 0:
+      raise ValueError(f"max_gen_toks {max_gen_toks} leaves no room for a prompt in {self.max_length} tokens")
+    sampler = decoding.Sampler("greedy" if samples == 1 else "temperature",
+                               temperature=1.0 if samples == 1 else temperature)
+    outputs = [[] for _ in contexts]
+    self.progress.start("generations", len(contexts) * samples)
+    for sample in range(samples):
+      for start in range(0, len(contexts), self.batch_size):
+        self.progress.update(sample * len(contexts) + start)
+        chunk = [list(c)[-max_context:] for c in contexts[start:start + self.batch_size]]
+        real = len(chunk)
+        chunk += [chunk[-1]] * (self.batch_size - real)
+        width = min(_round_up(max(len(c) for c in chunk), 2 * self.bucket), max_context)
+        prompts = np.zeros((self.batch_size, width), np.int32)
+        for j, c in enumerate(chunk):
+          prompts[j, width - len(c):] = c
+        tokens, _ = decoding.generate(self.model.config, self.params, jnp.asarray(prompts),
+                                      jax.random.PRNGKey(seed * 1000 + sample),
+                                      max_decode_len=max_gen_toks, sampler=sampler,
+                                      stop_tokens=(self.eos,))
+        for j, row in enumerate(np.asarray(jax.device_get(tokens))[:real]):
+          ids = []
+          for t in row.tolist():
+            if t in (self.eos, 0):
+              break
+            ids.append(t)
+          outputs[start + j].append(cut_at_stop(self.vocab.decode(ids), until))
+    return outputs
+
+
+class _Progress:
+  """Prints 'done/total, rate, ETA' at most every ``every_s`` seconds (long benchmarks take hours)."""
+
+  def __init__(self, every_s: float):
+    self.every_s = every_s
+
+  def start(self, what: str, total: int) -> None:
+    self.what, self.total, self.t0, self.last = what, total, time.monotonic(), time.monotonic()
+
+  def update(self, done: int) -> None:
+    now = time.monotonic()
+    if done and now - self.last >= self.every_s:
+      rate = done / (now - self.t0)
+      print(f"  {done}/{self.total} {self.what}, {rate:.1f}/s, ETA {(self.total - done) / rate:.0f}s", flush=True)
+      self.last = now
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return max(multiple, -(-n // multiple) * multiple)
+
+
+# ---------------------------------------------------------------- one benchmark
+
+
+def bootstrap_ci(values: Sequence[float], samples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+  """Percentile bootstrap interval of the mean (seeded: the same numbers on every run)."""
+  values = np.asarray(values, np.float64)
+  if len(values) == 0:
+    return float("nan"), float("nan")
+  rng = np.random.default_rng(seed)
+  means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+  tail = (1 - level) / 2 * 100
+  return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def evaluate_task(lm: LanguageModel, task_name: str, info: Mapping[str, Any], sandbox_config=None,
+                  seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Scores one registered ``gf_bench_*`` task; returns metrics, per-example scores and outputs."""
+  import seqio
+  from tasks.benchmarks import generation, multiple_choice as mc
+  from tasks.benchmarks.registry import CODE, MULTIPLE_CHOICE
+  bench = info["benchmark"]
+  task = seqio.get_mixture_or_task(task_name)
+  rows = list(task.source.get_dataset(split="test", shuffle=False).as_numpy_iterator())
+  targets = [task.postprocess_fn(None, example=r, is_target=True) for r in rows]
+  start = time.monotonic()
+  result: dict[str, Any] = {"num_requests": len(rows)}
+  if bench.format == MULTIPLE_CHOICE:
+    scored = lm.loglikelihood([(r["inputs"].tolist(), r["targets"].tolist()) for r in rows])
+    lls = [s for s, _ in scored]
+    per = mc.per_example_scores(targets, lls)
+    metrics = task.score_metric_fns[0](targets, lls)
+    result["log_likelihoods"] = lls
+    result["is_greedy"] = [g for _, g in scored]
+  else:
+    outputs = lm.generate([r["inputs"].tolist() for r in rows], bench.until, bench.max_gen_toks,
+                          samples=bench.samples, seed=seed)
+    result["outputs"] = outputs
+    if bench.format == CODE:
+      per, result["sandbox"] = _run_code(bench, info["records"], outputs, sandbox_config)
+      metrics = {bench.metric: float(np.mean(per[bench.metric]))}
+    else:
+      per = generation.per_example_scores(targets, outputs)
+      metrics = task.predict_metric_fns[0](targets, outputs)
+      result["extracted"] = {name: [generation.majority([generation.EXTRACTORS[name](o) for o in outs])
+                                    for outs in outputs] for name in bench.extractors}
+  seconds = time.monotonic() - start
+  values = per[bench.metric]
+  low, high = bootstrap_ci(values, seed=seed)
+  log(f"{bench.name}: {len(values)} examples, {len(rows)} requests in {seconds:.1f}s "
+      f"({len(rows) / max(seconds, 1e-9):.1f}/s), {bench.metric} {np.mean(values):.4f}")
+  result.update(metrics=metrics, per_example=per, score=float(np.mean(values)), ci95=[low, high],
+                num_examples=len(values), seconds=seconds)
+  return result
+
+
+def _run_code(bench, records, outputs, sandbox_config):
+  from model import code_sandbox
+  from tasks.benchmarks import code as code_lib
+  statuses = collections.Counter()
+  correct = []
+  for doc, completions in zip(records, outputs):
+    results = [code_sandbox.run_program(bench.program(doc, c), sandbox_config or code_sandbox.SandboxConfig())
+               for c in completions]
+    statuses.update(r.status for r in results)
+    correct.append(sum(r.passed for r in results))
+  k = int(bench.metric.split("@")[1])
+  per = code_lib.pass_at_k([len(o) for o in outputs], correct, k).tolist()
+  return {bench.metric: per}, dict(sorted(statuses.items()))
+
+
+# ---------------------------------------------------------------- the table
+
+
+def setting_text(bench, num_shots: int, chat: bool) -> str:
+  parts = [f"{num_shots}-shot", bench.metric]
+  if bench.partial_scoring:
+    parts.append("partial scoring")
+  if bench.samples > 1:
+    parts.append(f"k={bench.samples}")
+  parts.append("chat template" if chat else "plain template")
+  return ", ".join(parts)
+
+
+def write_tables(rows: Sequence[Mapping[str, Any]], output_dir: str, header: Mapping[str, Any]) -> None:
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, "results.json"), "w") as f:
+    json.dump({**header, "benchmarks": list(rows)}, f, indent=2, sort_keys=True)
+  columns = ["benchmark", "setting", "ours (95% CI)", "n", "paper 2B", "paper 7B", "paper setting"]
+
+  def cells(r):
+    fmt = lambda v: "–" if v is None else f"{v:.1f}"
+    return [r["benchmark"], r["setting"],
+            f"{100 * r['score']:.1f} [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]",
+            str(r["num_examples"]), fmt(r["paper_2b"]), fmt(r["paper_7b"]), r["paper_setting"]]
+
+  note = ("Paper figures: Gemma Team, arXiv:2403.08295, Table 6 (released weights, full test sets). "
+          f"Ours: checkpoint {header['checkpoint']}, data {header['data_root']}.")
+  md = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+  md += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+  with open(os.path.join(output_dir, "results.md"), "w") as f:
+    f.write("\n".join(md) + "\n\n" + note + "\n")
+  body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r)) + "</tr>\n" for r in rows)
+  with open(os.path.join(output_dir, "results.html"), "w") as f:
+    f.write("<!doctype html><meta charset=utf-8><title>gemma-forge benchmarks</title>\n<table border=1>"
+            "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>\n" + body +
+            f"</table>\n<p>{html.escape(note)}</p>\n")
+
+
+def user_turn_prompt(text: str) -> str:
+  """The prompt as one user turn of Gemma's dialogue format, ending with the model turn's header
+  (tasks.chat_template, as gemma-it's template renders it; BOS is added at tokenization)."""
+  from tasks import chat_template as chat_lib
+  return chat_lib.render(chat_lib.normalize([{"role": "user", "content": text}]),
+                         add_generation_prompt=True, bos="")
+
+
+@gin.configurable
+def run_benchmarks(*, checkpoint: str, tokenizer: str, output_dir: str, model=None,
+                   benchmarks: Optional[Sequence[str]] = None, data_root: Optional[str] = None,
+                   files: Optional[Mapping[str, str]] = None, num_shots: Optional[Mapping[str, int]] = None,
+                   limit: Optional[int] = None, seed: int = 0, sampler: str = "seeded",
+                   chat: bool = False, batch_size: int = 8, max_length: Optional[int] = None,
+                   sandbox_timeout_s: float = 10.0) -> list[dict[str, Any]]:
+  """Evaluates ``checkpoint`` on ``benchmarks`` (all by default); writes the tables; returns rows."""
+  import seqio
+  from model import code_sandbox
+  from tasks.benchmarks import registry
+  data_root = data_root or registry.DEFAULT_DATA_ROOT
+  if not os.path.exists(tokenizer):
+    raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
+  vocab = seqio.SentencePieceVocabulary(tokenizer)
+  chat_template = user_turn_prompt if chat else None
+  tasks_info = registry.register_benchmark_tasks(
+      vocab, data_root, benchmarks, num_shots, seed, sampler, files, limit, chat, chat_template)
+  lm_model, params, hf_config = load_checkpoint(checkpoint, model)
+  check_tokenizer(lm_model.config, vocab, tokenizer, checkpoint, hf_config)
+  lm = LanguageModel(lm_model, params, vocab, max_length, batch_size)
+  sandbox = code_sandbox.SandboxConfig(timeout_s=sandbox_timeout_s)
+  rows = []
+  for number, (task_name, info) in enumerate(tasks_info.items(), 1):
+    bench = info["benchmark"]
+    print(f"[{number}/{len(tasks_info)}] {bench.name}: {len(info['records'])} examples", flush=True)
+    result = evaluate_task(lm, task_name, info, sandbox, seed)
+    rows.append({"benchmark": bench.name, "task": task_name, "format": bench.format,
+                 "setting": setting_text(bench, info["num_shots"], chat), "metric": bench.metric,
+                 "num_shots": info["num_shots"], "score": result["score"], "ci95": result["ci95"],
+                 "num_examples": result["num_examples"], "metrics": result["metrics"],
+                 "paper_2b": bench.paper[0], "paper_7b": bench.paper[1],
+                 "paper_setting": bench.paper_setting, "seconds": result["seconds"],
+                 **({"sandbox": result["sandbox"]} if "sandbox" in result else {})})
+  header = {"checkpoint": checkpoint, "tokenizer": tokenizer, "data_root": data_root, "seed": seed,
+            "chat": chat, "limit": limit}
+  write_tables(rows, output_dir, header)
+  print(f"wrote {output_dir}/results.json, results.md, results.html", flush=True)
+  return rows
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {argv[1:]}")
+  gin_utils.parse_gin_flags()
+  run_benchmarks()

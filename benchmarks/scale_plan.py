@@ -96,9 +96,7 @@ def main(argv=None) -> dict:
   plan = project(rows, args.pages, args.tokens)
   print(markdown(plan))
   if args.result != "none":
-    with open(args.result, "w") as f:
-      json.dump(plan, f, indent=2, sort_keys=True)
-    print(f"wrote {args.result}")
+    print(f"wrote {harness.write_result(plan, args.result)}")
   return plan
 
 

@@ -79,8 +79,7 @@ def repeat_docs(src_dir: str, out_dir: str, scale: int) -> int:
           words[copy % len(words)] = f"copy{copy}"
         f.write(common.dumps({**doc, "id": f"{doc['id']}-{copy}", "text": " ".join(words)}) + "\n")
         n += 1
-  with open(os.path.join(out_dir, common.STATS_FILE), "w") as f:
-    json.dump({"stage": "repeat", "in": n, "kept": n, "dropped": {}, "dropped_total": 0}, f)
+  common.write_stats(out_dir, common.make_stats("repeat", [("in", n), ("kept", n)]))
   open(os.path.join(out_dir, common.SUCCESS_MARKER), "w").close()
   return n
 
@@ -144,10 +143,7 @@ def main(argv=None) -> dict:
             "libraries": harness.library_versions(), "load_average": os.getloadavg(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()}
   if args.result != "none":
-    os.makedirs(os.path.dirname(args.result), exist_ok=True)
-    with open(args.result, "w") as f:
-      json.dump(result, f, indent=2, sort_keys=True)
-    print(f"wrote {args.result}")
+    print(f"wrote {harness.write_result(result, args.result)}")
   return result
 
 

@@ -1,6 +1,6 @@
 """Extraction fidelity on real pages that are not in the sample: main text kept, boilerplate removed.
 
-    python -m benchmarks.extraction_fidelity [--languages=en-US,nl-NL,de-DE,fr-FR] [--pages=40]
+    python -m benchmarks.extraction_fidelity [--languages=all] [--pages=0] [--result=PATH|none]
 
 Pages: the Debian Administrator's Handbook (Debian package ``debian-handbook``; the sample is
 built from python3.11-doc and debian-reference, see data/sample/README.md), DocBook HTML made by
@@ -14,9 +14,11 @@ Publican. Labels come from the DocBook structure of each page, never from an ext
 * boilerplate: the banner, the page title bar and each item of the navigation lists.
 
 A paragraph is kept when its whitespace-normalised text occurs in the extracted text; a
-boilerplate item is removed when no extracted line equals it. The extractor compared is
-``pipelines.extract.html_to_text`` (what the extract stage runs), with and without its
-pre-processing (``prepare_tree``: inline markup unwrapped, DocBook asides renamed).
+boilerplate item is removed when no extracted line equals it. Extractors compared side by side
+on the same pages: ``pipelines.extract.html_to_text`` (what the extract stage runs), the same
+without its pre-processing (``prepare=False``: trafilatura alone), and resiliparse's
+``extract_plain_text(main_content=True)``. The tables go to
+``benchmarks/results/extraction_fidelity.json`` (``harness.write_result``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.metadata
 import os
 import re
 import sys
@@ -32,6 +35,7 @@ import unicodedata
 
 import lxml.html
 
+from benchmarks import harness
 from pipelines import extract
 
 HANDBOOK_DIR = "/usr/share/doc/debian-handbook/html"
@@ -65,8 +69,8 @@ def label_page(html: bytes) -> Labels:
       if any(child.tag == "div" and "para" in (child.get("class") or "") for child in element):
         continue  # A wrapper: its inner paragraphs are labelled instead.
       text = normalise(element.text_content())
-      if len(text.split()) < 4:
-        continue  # Too short to tell kept from coincidence.
+      if len(text.split()) < 4 and len(text) < 16:
+        continue  # Too short to tell kept from coincidence (by characters too: CJK has no spaces).
       in_aside = any(set((a.get("class") or "").split()) & set(ASIDE_CLASSES)
                      for a in element.iterancestors("div"))
       nested = any(e.tag in ("em", "strong", "span") for code in element.iter("code")
@@ -127,19 +131,48 @@ def print_table(title: str, table) -> None:
     print(f"{language:<8} " + " ".join(f"{c:>20}" for c in cells))
 
 
+def resiliparse_text(html: str, url: str) -> str:
+  """resiliparse's main-content extraction, one block per line (no bullets: lines stay comparable)."""
+  del url
+  from resiliparse.extract.html2text import extract_plain_text  # Benchmark-only dependency.
+
+  return extract_plain_text(html, main_content=True, list_bullets=False, alt_texts=False,
+                            links=False, form_fields=False, noscript=False)
+
+
+EXTRACTORS = {
+    "pipelines.extract.html_to_text": extract.html_to_text,
+    "trafilatura alone": functools.partial(extract.html_to_text, prepare=False),
+    "resiliparse main_content": resiliparse_text,
+}
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--languages", default="en-US,nl-NL,de-DE,fr-FR")
-  parser.add_argument("--pages", type=int, default=40, help="First N sect.*.html pages per language.")
+  parser.add_argument("--languages", default="all", help="Comma-separated, or 'all' installed.")
+  parser.add_argument("--pages", type=int, default=0, help="First N sect.*.html pages (0: all).")
+  parser.add_argument("--result", default=None, help="JSON path (default benchmarks/results/"
+                      "extraction_fidelity.json); 'none' to skip")
   args = parser.parse_args(argv)
   if not os.path.isdir(HANDBOOK_DIR):
     sys.exit(f"{HANDBOOK_DIR} is missing: apt-get install debian-handbook")
   languages = [l.strip() for l in args.languages.split(",") if l.strip()]
-  for name, fn in (("trafilatura alone", functools.partial(extract.html_to_text, prepare=False)),
-                   ("pipelines.extract.html_to_text", extract.html_to_text)):
+  if languages == ["all"]:
+    languages = sorted(d for d in os.listdir(HANDBOOK_DIR) if d != "Common_Content")
+  result = {"benchmark": "extraction_fidelity", "library_versions": harness.library_versions(),
+            "machine": harness.machine(), "settings": vars(args), "extractors": {}}
+  for lib in ("trafilatura", "resiliparse", "lxml"):
+    result["library_versions"][lib] = importlib.metadata.version(lib)
+  for name, fn in EXTRACTORS.items():
     start = time.perf_counter()
-    table = run(languages, args.pages, fn)
-    print_table(f"\n{name} ({time.perf_counter() - start:.1f}s): kept/total fraction", table)
+    table = run(languages, args.pages or 10**6, fn)
+    seconds = time.perf_counter() - start
+    print_table(f"\n{name} ({seconds:.1f}s): kept/total fraction", table)
+    result["extractors"][name] = {"seconds": round(seconds, 1), "languages": {
+        language: {kind: {"kept": kept, "total": total} for kind, (kept, total) in row.items()}
+        for language, row in table.items()}}
+  if args.result != "none":
+    print("wrote", harness.write_result(result, args.result))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MIN_PAIRS = 7
@@ -181,6 +181,16 @@ class _Worker:
       self.proc.wait(timeout=60)
 
 
+def peak_rss_mib() -> float:
+  """This process's own peak resident memory. Not ru_maxrss: a Linux child inherits its parent's
+  peak there, so every worker would report at least its parent's."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Not Linux.
+
+
 def _worker_main() -> None:
   """The worker side of _Worker: pins itself, builds the side, then times one run per request."""
   try:  # Linux: die with the parent, so a killed benchmark leaves no worker burning CPU.
@@ -212,7 +222,7 @@ def _worker_main() -> None:
         value = run()
         reply = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "value": value}
       elif message["op"] == "close":
-        reply = {"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        reply = {"max_rss_mib": peak_rss_mib()}
       else:
         reply = {"error": f"unknown op {message['op']!r}"}
     except Exception as e:  # Reported to the parent, which stops the benchmark with it.
@@ -374,10 +384,13 @@ def add_flags(parser) -> None:
 
 
 def run_from_flags(benchmark: str, sides, args, *, work_per_run: float, unit: str, settings: dict,
-                   allow_few_pairs: bool = False) -> dict:
-  """run_paired with the add_flags values, then print_summary and write_result."""
+                   allow_few_pairs: bool = False, check: Optional[Callable[[dict], None]] = None) -> dict:
+  """run_paired with the add_flags values, then check(result) (it raises or exits when the sides
+  did not compute the same thing, before any ratio is printed), print_summary and write_result."""
   result = run_paired(benchmark, sides, pairs=args.pairs, warmup=args.warmup, threads=args.threads, cpus=args.cpus,
                       work_per_run=work_per_run, unit=unit, settings=settings, allow_few_pairs=allow_few_pairs)
+  if check is not None:
+    check(result)
   print_summary(result)
   if args.result != "none":
     print(f"wrote {write_result(result, args.result)}", flush=True)

@@ -145,17 +145,16 @@ def main(argv=None) -> dict:
     raise SystemExit(f"--seq_len + --new_tokens = {args.seq_len + args.new_tokens} exceeds the config's "
                      f"max_seq_len {config.max_seq_len}")
   benchmark = args.name or f"decode_{args.config}_{args.dtype}_b{args.batch_size}_p{args.seq_len}_n{args.new_tokens}"
-  result = harness.run_paired(benchmark, sides(args), pairs=args.pairs, warmup=args.warmup, threads=args.threads,
-                              cpus=args.cpus, work_per_run=args.batch_size * args.new_tokens, unit="tokens",
-                              settings={**vars(args), "config": config.__dict__}, allow_few_pairs=args.smoke)
-  check_tokens(result, args.dtype, not args.no_check)
-  for side in result["sides"].values():
-    side["values"] = side["values"][-1:]  # All runs of a side were identical (checked above); keep one.
-    side["warmup_values"] = []
-  harness.print_summary(result)
-  if args.result != "none":
-    print(f"wrote {harness.write_result(result, args.result)}", flush=True)
-  return result
+
+  def check(result):
+    check_tokens(result, args.dtype, not args.no_check)
+    for side in result["sides"].values():
+      side["values"] = side["values"][-1:]  # All runs of a side were identical (checked); keep one.
+      side["warmup_values"] = []
+
+  return harness.run_from_flags(benchmark, sides(args), args, work_per_run=args.batch_size * args.new_tokens,
+                                unit="tokens", settings={**vars(args), "config": config.__dict__},
+                                allow_few_pairs=args.smoke, check=check)
 
 
 if __name__ == "__main__":

@@ -171,14 +171,9 @@ def main(argv=None) -> dict:
     raise SystemExit(f"--seq_len {args.seq_len} exceeds the config's max_seq_len {config.max_seq_len}")
   tokens = args.batch_size * args.seq_len
   benchmark = args.name or f"train_step_{args.config}_{args.dtype}_b{args.batch_size}x{args.seq_len}"
-  result = harness.run_paired(benchmark, sides(args), pairs=args.pairs, warmup=args.warmup, threads=args.threads,
-                              cpus=args.cpus, work_per_run=tokens, unit="tokens",
-                              settings={**vars(args), "config": config.__dict__}, allow_few_pairs=args.smoke)
-  check_losses(result, args.dtype, not args.no_check)
-  harness.print_summary(result)
-  if args.result != "none":
-    print(f"wrote {harness.write_result(result, args.result)}", flush=True)
-  return result
+  return harness.run_from_flags(benchmark, sides(args), args, work_per_run=tokens, unit="tokens",
+                                settings={**vars(args), "config": config.__dict__}, allow_few_pairs=args.smoke,
+                                check=lambda result: check_losses(result, args.dtype, not args.no_check))
 
 
 if __name__ == "__main__":

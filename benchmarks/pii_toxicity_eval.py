@@ -1,22 +1,29 @@
 """Precision/recall of the PII detectors and the toxicity scorer on the labelled sets.
 
-    python -m benchmarks.pii_toxicity_eval [--per_type=30] [--seed=0]
+    python -m benchmarks.pii_toxicity_eval [--per_type=30] [--seed=0] [--result=PATH|none]
 
 PII: Faker values (six locales) planted into stdlib docstring sentences plus hard negatives,
 scored per type (pipelines/labelled/pii_data.py). Toxicity: the held-out eval set
-(pipelines/labelled/toxicity_data.py) at the stage's default threshold and a few others.
+(pipelines/labelled/toxicity_data.py) at the stage's default threshold and a few others, then
+the independent set (pipelines/labelled/toxicity_independent.py: hand-written abuse, real clean
+pages), with every miss and false positive printed. The figures go to
+benchmarks/results/pii_toxicity_eval.json (``harness.write_result``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
+from benchmarks import harness
 from pipelines import pii, toxicity
-from pipelines.labelled import pii_data, toxicity_data, train_toxicity
+from pipelines.labelled import pii_data, toxicity_data, toxicity_independent, train_toxicity
+
+THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 
 
-def pii_table(per_type: int, seed: int) -> None:
+def pii_table(per_type: int, seed: int) -> dict:
   start = time.perf_counter()
   examples = pii_data.positives(per_type, seed) + pii_data.hard_negatives(per_type, seed)
   counts = pii_data.evaluate(examples)
@@ -35,24 +42,69 @@ def pii_table(per_type: int, seed: int) -> None:
       print(f"  false positive {pii_type}: {value!r}")
     for pii_type, value in sorted(set(example.planted) - found):
       print(f"  missed {pii_type}: {value!r}")
+  return {name: {"tp": c.tp, "fp": c.fp, "fn": c.fn} for name, c in counts.items()}
 
 
-def toxicity_table() -> None:
+def _threshold_rows(scores, labels) -> dict:
+  default = toxicity.ToxicityConfig().threshold
+  print(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6} {'fp':>4} {'fn':>4}")
+  rows = {}
+  for threshold in sorted({*THRESHOLDS, default}):
+    m = train_toxicity.metrics(scores, labels, threshold)
+    mark = "  <- default" if threshold == default else ""
+    print(f"{threshold:>9.2f} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
+          f"{m['fp']:>4} {m['fn']:>4}{mark}")
+    rows[f"{threshold:.2f}"] = m
+  return rows
+
+
+def toxicity_table() -> dict:
   evaluation = toxicity_data.build("eval")
   scores = [toxicity.score(text) for text, _ in evaluation]
   labels = [label for _, label in evaluation]
   print(f"\nToxicity: {len(evaluation)} eval texts ({sum(labels)} toxic), "
         f"disjoint from the {len(toxicity_data.build('train'))} training texts")
-  print(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6} {'fp':>4} {'fn':>4}")
+  rows = _threshold_rows(scores, labels)
   default = toxicity.ToxicityConfig().threshold
-  for threshold in sorted({0.3, default, 0.7, 0.9}):
-    m = train_toxicity.metrics(scores, labels, threshold)
-    mark = "  <- default" if threshold == default else ""
-    print(f"{threshold:>9.2f} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
-          f"{m['fp']:>4} {m['fn']:>4}{mark}")
   for (text, label), s in zip(evaluation, scores):
     if (s > default) != bool(label):
       print(f"  {'missed' if label else 'false positive'} ({s:.3f}): {text[:100]!r}")
+  return {"texts": len(evaluation), "toxic": sum(labels), "thresholds": rows}
+
+
+def independent_toxicity_table() -> dict:
+  """Hand-written abuse (recall) against real clean paragraphs (false positives)."""
+  toxic = list(toxicity_independent.TOXIC)
+  clean = toxicity_independent.clean_paragraphs()
+  toxic_scores = [toxicity.score(t) for t in toxic]
+  clean_scores = [toxicity.score(t) for _, t in clean]
+  unlisted = [toxicity_independent.unlisted(t) for t in toxic]
+  sources = sorted({where.split("/")[0] for where, _ in clean})
+  print(f"\nToxicity, independent set: {len(toxic)} hand-written toxic texts "
+        f"({sum(unlisted)} with no word-list entry), {len(clean)} clean paragraphs of real pages "
+        f"({', '.join(sources)})")
+  rows = _threshold_rows(toxic_scores + clean_scores, [1] * len(toxic) + [0] * len(clean))
+  default = toxicity.ToxicityConfig().threshold
+  found = [s > default for s in toxic_scores]
+  for name, keep in (("with a word-list entry", False), ("with no word-list entry", True)):
+    hits = [f for f, u in zip(found, unlisted) if u == keep]
+    print(f"recall at {default} on texts {name}: {sum(hits)}/{len(hits)}")
+  for text, s in zip(toxic, toxic_scores):
+    if s <= default:
+      print(f"  missed ({s:.3f}): {text[:100]!r}")
+  false_positives = [{"where": w, "score": round(s, 3), "text": t}
+                     for (w, t), s in zip(clean, clean_scores) if s > default]
+  for fp in false_positives:
+    print(f"  false positive ({fp['score']:.3f}) {fp['where']}: {fp['text'][:160]!r}")
+  return {"toxic": len(toxic), "toxic_unlisted": sum(unlisted), "clean": len(clean),
+          "clean_sources": sources, "thresholds": rows,
+          "recall_unlisted": [sum(f for f, u in zip(found, unlisted) if u), sum(unlisted)],
+          "recall_listed": [sum(f for f, u in zip(found, unlisted) if not u),
+                            len(toxic) - sum(unlisted)],
+          "false_positives_at_default": false_positives,
+          "highest_clean": sorted(({"where": w, "score": round(s, 3), "text": t[:200]}
+                                   for (w, t), s in zip(clean, clean_scores)),
+                                  key=lambda r: -r["score"])[:10]}
 
 
 def main(argv=None) -> None:
@@ -60,9 +112,17 @@ def main(argv=None) -> None:
   parser.add_argument("--per_type", type=int, default=30,
                       help="Planted values per locale and PII type.")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--result", default=None, help="JSON path (default benchmarks/results/"
+                      "pii_toxicity_eval.json); 'none' to skip")
   args = parser.parse_args(argv)
-  pii_table(args.per_type, args.seed)
-  toxicity_table()
+  result = {"benchmark": "pii_toxicity_eval", "library_versions": harness.library_versions(),
+            "machine": harness.machine(), "settings": vars(args),
+            "handbook_installed": os.path.isdir(toxicity_independent.clean_pages.HANDBOOK_DIR)}
+  result["pii"] = pii_table(args.per_type, args.seed)
+  result["toxicity_template_eval"] = toxicity_table()
+  result["toxicity_independent"] = independent_toxicity_table()
+  if args.result != "none":
+    print("wrote", harness.write_result(result, args.result))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
-"""Docs/s per core of our quality, PII, toxicity and MinHash steps, side by side with datatrove's.
+"""Our quality, PII, toxicity and MinHash steps against datatrove's, on the paired harness.
 
-    python -m benchmarks.pipeline_throughput [--num_docs=10000] [--input=<extract dir>] \
-        [--repeats=1] [--memory_docs=100000] [--beam_docs=0] [--output_json=<file>]
+    python -m benchmarks.pipeline_throughput [--num_docs=200] [--input=<extract dir>] \
+        [--benchmarks=quality,pii,minhash,total] [--pairs=7] [--warmup=1] [--output_json=<file>]
+
+``--result=<dir>`` writes the result files there instead, ``--result=none`` writes none, and
+``--output_json`` writes all of them (and the summary rows) to that one file only.
 
 What is timed is the per-document core work: the pure functions that each stage's DoFn calls, one
-document at a time, in this one process and thread, measured in CPU seconds (``time.process_time``)
-so that docs/s is per core and other processes on a shared machine do not count against either side.
-Beam's overhead is left out (``--beam_docs`` times the real DirectRunner jobs for context).
+document at a time, on one thread. One run of a side = its step(s) over the same N documents. Every
+side is its own pinned worker of ``benchmarks/harness.py`` (interleaved rounds, CPU and wall time,
+per-round ratios, load average), one benchmark per step, each writing
+``benchmarks/results/pipeline_<step>.json``:
 
 =========  ======================================  ===============================================
-step       ours                                    datatrove 0.10.1
+benchmark  ours (baseline)                         datatrove 0.10.1
 =========  ======================================  ===============================================
 quality    ``quality.score_document`` +            ``C4QualityFilter`` -> ``GopherQualityFilter``
            ``first_failure``: C4 line cleaning,    -> ``GopherRepetitionFilter`` (English: spaCy's
@@ -17,22 +21,26 @@ quality    ``quality.score_document`` +            ``C4QualityFilter`` -> ``Goph
            text (tag-then-filter: all rules are    that drops the document, as a datatrove
            computed for every document)            pipeline does
 pii        ``pii.redact``: 7 types, validated      ``PIIFormatter``: emails and IPv4 only
-toxicity   ``toxicity.score``                      none (datatrove has no toxicity step)
 minhash    ``dedupe.minhash`` + ``band_keys``      ``MinhashDedupSignature.get_shingles`` +
                                                    ``get_signature``
+total      all four of ours (toxicity included);   its three steps (it has no toxicity step)
+           also ours without toxicity and our
+           ``toxicity.score`` alone as extra sides
 =========  ======================================  ===============================================
 
 Both MinHash sides use word 5-grams, 14 bands x 8 rows, 64-bit xxhash. datatrove's C4 filter is set
 to our C4 settings where it has the same knob (no curly-bracket page rule, at least 3 sentences).
+Each run returns how many documents it saw and how many each step kept / redacted / flagged toxic /
+signed; the script checks every run of a side gives the same counts, that all sides saw N documents
+and that both MinHash sides signed the same number, and records the counts in the result.
 
 Input: the texts of a finished extract directory (default: ``pipelines.extract`` is run on
 ``data/sample/*.warc.gz`` into ``<work_dir>/extract`` once), repeated to ``--num_docs`` documents;
 every copy after the first has its lines shuffled by a seeded RNG, so all documents are real text,
 the same for both sides and the same on every run.
 
-Memory: ``--memory_docs=N`` runs each side alone in a fresh subprocess that streams N documents
-through all of its steps, and reports its peak RSS (``ru_maxrss``) after warm-up, after N/10
-documents and after N, so that growth with the number of documents is visible.
+Memory: the harness records each side's peak RSS (``max_rss_mib``) after all its rounds; growth
+with the number of documents is ``benchmarks/stage_memory.py``'s job (every stage at 1x-100x).
 """
 
 from __future__ import annotations
@@ -41,16 +49,15 @@ import argparse
 import json
 import os
 import random
-import resource
-import shutil
-import statistics
-import subprocess
-import sys
-import time
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
+
+from benchmarks import harness
 
 STEPS = ("quality", "pii", "toxicity", "minhash")
 COMPARABLE = ("quality", "pii", "minhash")  # The steps datatrove has.
+BENCHMARKS = (*COMPARABLE, "total")  # benchmarks/results/pipeline_<name>.json
+# What a step's True means, as the count recorded per run.
+COUNTS = {"quality": "kept", "pii": "redacted", "toxicity": "toxic", "minhash": "signed"}
 SAMPLE_WARCS = "data/sample/*.warc.gz"
 _WARM_UP_TEXT = "Warm-up text. It loads every model and word list.\nThe second line is here too."
 
@@ -94,6 +101,9 @@ def documents(texts: Sequence[str], num_docs: int, seed: int = 0) -> Iterator[st
 
 
 # ----------------------------------------------------------------------------- the two sides
+
+
+# ----------------------------------------------------------------------------- the two implementations
 
 
 class OurSteps:
@@ -187,168 +197,105 @@ class DatatroveSteps:
     return True
 
 
-def warm_up(side) -> None:
+def warm_up(side, steps: Sequence[str]) -> None:
   """Loads models, word lists and tokenizers so that the first timed document pays for none."""
-  for step in side.steps:
+  for step in steps:
     getattr(side, step)(_WARM_UP_TEXT)
 
 
-# ----------------------------------------------------------------------------- timing
+# ----------------------------------------------------------------------------- harness sides
 
 
-def time_step(fn: Callable[[str], bool], texts: Sequence[str]) -> tuple[float, int]:
-  """CPU seconds to run ``fn`` on every text, and how many calls returned True."""
-  start = time.process_time()
-  hits = sum(map(fn, texts))
-  return time.process_time() - start, hits
+def steps_side(implementation: str, steps: Sequence[str], input_dir: str, num_docs: int, work_dir: str):
+  """Harness factory: one run = ``steps`` of ``implementation`` over the same ``num_docs`` documents."""
+  if implementation == "ours":
+    side = OurSteps()
+  elif implementation == "datatrove":
+    side = DatatroveSteps(os.path.join(work_dir, "datatrove_scratch"))
+  else:
+    raise ValueError(f"Unknown implementation {implementation!r}: expected 'ours' or 'datatrove'.")
+  missing = set(steps) - set(side.steps)
+  if missing:
+    raise ValueError(f"{implementation} has no step {sorted(missing)}")
+  docs = list(documents(read_texts(input_dir), num_docs))
+  warm_up(side, steps)
+  functions = [(COUNTS[step], getattr(side, step)) for step in steps]
+
+  def run() -> dict:
+    counts = {"docs": 0, **{count: 0 for count, _ in functions}}
+    for text in docs:
+      counts["docs"] += 1
+      for count, fn in functions:
+        counts[count] += fn(text)
+    return counts
+
+  return run, {"docs": len(docs), "characters": sum(map(len, docs)), "steps": list(steps)}
 
 
-def compare(texts: Sequence[str], sides: Sequence, repeats: int) -> dict:
-  """``{side: {step: {"seconds", "docs_per_s", "hits"}}}``, steps interleaved side by side."""
-  seconds = {s.name: {step: [] for step in s.steps} for s in sides}
-  hits = {s.name: {} for s in sides}
-  for _ in range(repeats):
-    for step in STEPS:
-      for side in sides:
-        if step in side.steps:
-          elapsed, hits[side.name][step] = time_step(getattr(side, step), texts)
-          seconds[side.name][step].append(elapsed)
-  results = {}
-  for side in sides:
-    results[side.name] = {}
-    for step, times in seconds[side.name].items():
-      median = statistics.median(times)
-      results[side.name][step] = {
-          "seconds": median, "docs_per_s": len(texts) / median, "hits": hits[side.name][step]}
-  return results
+def benchmark_sides(benchmark: str, **data) -> list[harness.Side]:
+  """The sides of one benchmark; the first (ours) is the baseline of every ratio."""
+  def side(name, implementation, steps):
+    return harness.Side(name, "benchmarks.pipeline_throughput:steps_side",
+                        {"implementation": implementation, "steps": list(steps), **data})
+
+  if benchmark in COMPARABLE:
+    return [side("ours", "ours", [benchmark]), side("datatrove", "datatrove", [benchmark])]
+  if benchmark == "total":
+    return [side("ours", "ours", STEPS), side("datatrove", "datatrove", COMPARABLE),
+            side("ours[no toxicity]", "ours", COMPARABLE), side("ours[toxicity only]", "ours", ["toxicity"])]
+  raise ValueError(f"Unknown benchmark {benchmark!r}: expected one of {BENCHMARKS}")
 
 
-def total_rate(side_results: dict, steps: Sequence[str], num_docs: int) -> float:
-  """Docs/s of running every document through ``steps`` one after the other."""
-  return num_docs / sum(side_results[step]["seconds"] for step in steps)
+
+def check_counts(result: dict, num_docs: int) -> dict:
+  """Raises unless every run of a side counted the same, every side saw ``num_docs`` documents and
+  all sides that sign MinHashes signed the same number; returns {side: counts}, kept in the result."""
+  counts = {}
+  for name, side in result["sides"].items():
+    runs = side["warmup_values"] + side["values"]
+    if any(run != runs[0] for run in runs):
+      raise SystemExit(f"{result['benchmark']}: {name}'s runs disagree: {runs}")
+    if runs[0]["docs"] != num_docs:
+      raise SystemExit(f"{result['benchmark']}: {name} saw {runs[0]['docs']} documents, not {num_docs}")
+    counts[name] = runs[0]
+  signed = {name: c["signed"] for name, c in counts.items() if "signed" in c}
+  if len(set(signed.values())) > 1:
+    raise SystemExit(f"{result['benchmark']}: the sides signed different numbers of documents: {signed}")
+  result["counts"] = counts
+  return counts
 
 
-def ratio_rows(results: dict, num_docs: int) -> list[tuple[str, float, float | None]]:
-  """``(row, ours docs/s, datatrove docs/s or None)`` for each step and the two totals."""
-  ours, theirs = results["ours"], results["datatrove"]
-  rows = [(step, ours[step]["docs_per_s"], theirs[step]["docs_per_s"] if step in theirs else None)
-          for step in STEPS]
-  rows.append(("total (quality+pii+minhash)", total_rate(ours, COMPARABLE, num_docs),
-               total_rate(theirs, COMPARABLE, num_docs)))
-  rows.append(("total (all 4 ours vs datatrove's 3)", total_rate(ours, STEPS, num_docs),
-               total_rate(theirs, COMPARABLE, num_docs)))
+# ----------------------------------------------------------------------------- summary
+
+
+def summary_rows(results: dict) -> list[dict]:
+  """One row per step and total: each side's docs per CPU second and the per-round CPU ratio
+  datatrove / ours (> 1: ours is faster), from the harness results by benchmark name."""
+  def rate(result, side):
+    return result["sides"][side][f"{result['unit']}_per_cpu_s"]
+
+  rows = []
+  for benchmark, result in results.items():
+    if benchmark == "total":
+      ratios = result["ratios"]["datatrove"]["cpu"]
+      rows.append({"row": "toxicity", "ours": rate(result, "ours[toxicity only]"), "datatrove": None})
+      rows.append({"row": "total (quality+pii+minhash)", "ours": rate(result, "ours[no toxicity]"),
+                   "datatrove": rate(result, "datatrove")})
+      rows.append({"row": "total (all 4 ours vs datatrove's 3)", "ours": rate(result, "ours"),
+                   "datatrove": rate(result, "datatrove"), "ratio": ratios})
+    else:
+      rows.append({"row": benchmark, "ours": rate(result, "ours"), "datatrove": rate(result, "datatrove"),
+                   "ratio": result["ratios"]["datatrove"]["cpu"]})
   return rows
 
 
-def print_table(results: dict, num_docs: int) -> None:
-  print(f"{'step':<38} {'ours docs/s':>12} {'datatrove docs/s':>17} {'ours/datatrove':>15}")
-  for row, ours, theirs in ratio_rows(results, num_docs):
-    if theirs is None:
-      print(f"{row:<38} {ours:>12.1f} {'n/a':>17} {'n/a':>15}")
-    else:
-      print(f"{row:<38} {ours:>12.1f} {theirs:>17.1f} {ours / theirs:>14.2f}x")
-  print("documents flagged per step (quality: kept; pii: redacted; toxicity: toxic; "
-        "minhash: signed):")
-  for name, side in results.items():
-    print(f"  {name}: " + ", ".join(f"{step}={r['hits']}" for step, r in side.items()))
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-def make_side(name: str, work_dir: str):
-  if name == "ours":
-    return OurSteps()
-  if name == "datatrove":
-    return DatatroveSteps(os.path.join(work_dir, "datatrove_scratch"))
-  raise ValueError(f"Unknown side {name!r}: expected 'ours' or 'datatrove'.")
-
-
-def _peak_rss_mib() -> float:
-  """This process's peak resident set size.
-
-  Linux's ``VmHWM`` is per address space, so it starts afresh at ``exec``; ``ru_maxrss`` would
-  carry over the parent's peak at ``fork``.
-  """
-  try:
-    with open("/proc/self/status", encoding="ascii") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) / 1024  # kB
-  except OSError:
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
-
-
-def memory_worker(side_name: str, texts: Sequence[str], num_docs: int, work_dir: str) -> dict:
-  """Streams ``num_docs`` documents through every step of one side; peak RSS along the way."""
-  side = make_side(side_name, work_dir)
-  warm_up(side)
-  report = {"side": side_name, "docs": num_docs, "warm_mib": _peak_rss_mib()}
-  steps = [getattr(side, step) for step in side.steps]
-  checkpoint = max(num_docs // 10, 1)
-  for i, text in enumerate(documents(texts, num_docs), 1):
-    for step in steps:
-      step(text)
-    if i == checkpoint:
-      report["tenth_mib"] = _peak_rss_mib()
-  report["peak_mib"] = _peak_rss_mib()
-  return report
-
-
-def measure_memory(texts: Sequence[str], num_docs: int, work_dir: str) -> dict:
-  """Runs :func:`memory_worker` for each side in its own fresh process, one after the other.
-
-  The texts go to the workers as a JSON file, so a worker imports nothing but its own side.
-  """
-  os.makedirs(work_dir, exist_ok=True)
-  texts_file = os.path.join(work_dir, "texts.json")
-  with open(texts_file, "w", encoding="utf-8") as f:
-    json.dump(list(texts), f)
-  reports = {}
-  for side in ("ours", "datatrove"):
-    command = [sys.executable, "-m", "benchmarks.pipeline_throughput", f"--work_dir={work_dir}",
-               f"--memory_worker={side}", f"--texts_file={texts_file}",
-               f"--memory_docs={num_docs}"]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    reports[side] = json.loads(out.strip().splitlines()[-1])
-  return reports
-
-
-def print_memory(reports: dict) -> None:
-  num_docs = reports["ours"]["docs"]
-  print(f"peak RSS (MiB), each side alone in a fresh process, {num_docs} documents streamed:")
-  print(f"{'side':<10} {'after warm-up':>14} {f'after {max(num_docs // 10, 1)}':>14} "
-        f"{f'after {num_docs}':>14}")
-  for name, r in reports.items():
-    print(f"{name:<10} {r['warm_mib']:>14.0f} {r['tenth_mib']:>14.0f} {r['peak_mib']:>14.0f}")
-
-
-# ----------------------------------------------------------------------------- Beam, for context
-
-
-def run_beam_jobs(texts: Sequence[str], num_docs: int, work_dir: str) -> dict:
-  """Wall seconds of the quality -> pii -> toxicity -> dedupe jobs on ``num_docs`` documents."""
-  from pipelines import common, dedupe, pii, quality, toxicity
-
-  input_dir = os.path.join(work_dir, "beam", "input")
-  shutil.rmtree(input_dir, ignore_errors=True)
-  os.makedirs(input_dir)
-  with open(common.shard_path(input_dir, common.DOCS_PREFIX, 0, 1), "w", encoding="utf-8") as f:
-    for i, text in enumerate(documents(texts, num_docs)):
-      doc_id = f"{common.stable_hash(f'bench-{i}'):016x}"
-      f.write(common.dumps({"id": doc_id, "url": f"https://bench.example/{i}", "source": "bench",
-                            "text": text}) + "\n")
-  open(os.path.join(input_dir, common.SUCCESS_MARKER), "w").close()
-  start = time.perf_counter()
-  previous, kept = input_dir, {}
-  for stage in (quality, pii, toxicity, dedupe):
-    output_dir = os.path.join(work_dir, "beam", stage.STAGE)
-    stats = stage.main([f"--input={previous}", f"--output_dir={output_dir}",
-                        "--runner=DirectRunner"])
-    kept[stage.STAGE] = stats["kept"]
-    previous = output_dir
-  return {"docs": num_docs, "wall_seconds": time.perf_counter() - start, "kept": kept}
+def print_rows(rows: Sequence[dict]) -> None:
+  print(f"\n{'step (docs per CPU second)':<38} {'ours':>10} {'datatrove':>10}   datatrove/ours CPU per round")
+  for r in rows:
+    theirs = "n/a" if r["datatrove"] is None else f"{r['datatrove']:.1f}"
+    ratio = r.get("ratio")
+    spread = f"median {ratio['median']:.2f} (min {ratio['min']:.2f}, max {ratio['max']:.2f})" if ratio else ""
+    print(f"{r['row']:<38} {r['ours']:>10.1f} {theirs:>10}   {spread}")
 
 
 # ----------------------------------------------------------------------------- main
@@ -356,58 +303,42 @@ def run_beam_jobs(texts: Sequence[str], num_docs: int, work_dir: str) -> dict:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--num_docs", type=int, default=10_000)
+  parser.add_argument("--num_docs", type=int, default=200, help="documents per run (each side, every benchmark)")
   parser.add_argument("--input", help="Extract directory to take texts from (default: the sample).")
   parser.add_argument("--work_dir", default="/tmp/pipeline_bench")
-  parser.add_argument("--repeats", type=int, default=1, help="Timed runs per step; medians.")
-  parser.add_argument("--memory_docs", type=int, default=0,
-                      help="Also measure each side's peak RSS over this many documents.")
-  parser.add_argument("--beam_docs", type=int, default=0,
-                      help="Also time our four Beam jobs on DirectRunner on this many documents.")
-  parser.add_argument("--output_json", help="Write every figure to this file.")
-  parser.add_argument("--memory_worker", choices=("ours", "datatrove"), help=argparse.SUPPRESS)
-  parser.add_argument("--texts_file", help=argparse.SUPPRESS)
+  parser.add_argument("--benchmarks", type=lambda s: s.split(","), default=list(BENCHMARKS),
+                      help=f"comma-separated, from {','.join(BENCHMARKS)}")
+  parser.add_argument("--output_json",
+                      help="Write every benchmark's result to this one file instead of benchmarks/results/.")
+  parser.add_argument("--smoke", action="store_true", help="allow fewer than harness.MIN_PAIRS rounds (tests)")
+  harness.add_flags(parser)
   args = parser.parse_args(argv)
-  for flag in ("num_docs", "repeats"):
-    if getattr(args, flag) < 1:
-      parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
-  if args.memory_docs < 0 or args.beam_docs < 0:
-    parser.error("--memory_docs and --beam_docs cannot be negative.")
+  if args.num_docs < 1:
+    parser.error(f"--num_docs must be at least 1, got {args.num_docs}.")
+  unknown = sorted(set(args.benchmarks) - set(BENCHMARKS))
+  if unknown:
+    parser.error(f"unknown --benchmarks {unknown}; expected some of {','.join(BENCHMARKS)}")
 
-  if args.memory_worker:
-    with open(args.texts_file, encoding="utf-8") as f:
-      texts = json.load(f)
-    report = memory_worker(args.memory_worker, texts, args.memory_docs, args.work_dir)
-    print(json.dumps(report))
-    return report
-
-  input_dir = args.input or extract_sample(args.work_dir)
-  texts = read_texts(input_dir)
-
-  docs = list(documents(texts, args.num_docs))
-  sides = [OurSteps(), DatatroveSteps(os.path.join(args.work_dir, "datatrove_scratch"))]
-  for side in sides:
-    warm_up(side)
-  print(f"{len(docs)} documents ({len(texts)} distinct texts from {input_dir}, "
-        f"{sum(map(len, docs)) / len(docs):.0f} characters on average), CPU time of one thread, "
-        f"median of {args.repeats}")
-  results = compare(docs, sides, args.repeats)
-  print_table(results, len(docs))
-  summary = {"num_docs": len(docs), "input": input_dir, "repeats": args.repeats,
-             "steps": results,
-             "rows": [{"row": r, "ours": o, "datatrove": t} for r, o, t in
-                      ratio_rows(results, len(docs))]}
-  if args.memory_docs:
-    summary["memory"] = measure_memory(texts, args.memory_docs, args.work_dir)
-    print_memory(summary["memory"])
-  if args.beam_docs:
-    summary["beam"] = beam = run_beam_jobs(texts, args.beam_docs, args.work_dir)
-    print(f"Beam DirectRunner, quality -> pii -> toxicity -> dedupe jobs on {beam['docs']} "
-          f"documents: {beam['wall_seconds']:.1f} s wall, {beam['docs'] / beam['wall_seconds']:.1f} "
-          f"docs/s (kept after each: {beam['kept']})")
+  input_dir = os.path.abspath(args.input or extract_sample(args.work_dir))
+  read_texts(input_dir)  # Fails here, not in every worker, if the directory has no texts.
+  data = {"input_dir": input_dir, "num_docs": args.num_docs, "work_dir": os.path.abspath(args.work_dir)}
+  results = {}
+  for benchmark in args.benchmarks:
+    flags = argparse.Namespace(**vars(args))
+    if args.output_json:
+      flags.result = "none"
+    elif args.result not in (None, "none"):  # A directory: one file per benchmark.
+      flags.result = os.path.join(args.result, f"pipeline_{benchmark}.json")
+    results[benchmark] = harness.run_from_flags(
+        f"pipeline_{benchmark}", benchmark_sides(benchmark, **data), flags, work_per_run=args.num_docs,
+        unit="docs", settings={**vars(args), "benchmark": benchmark, "input": input_dir},
+        allow_few_pairs=args.smoke, check=lambda result: check_counts(result, args.num_docs))
+  rows = summary_rows(results)
+  print_rows(rows)
+  summary = {"num_docs": args.num_docs, "input": input_dir, "rows": rows, "results": results}
   if args.output_json:
     with open(args.output_json, "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
+      json.dump(summary, f, indent=1, sort_keys=True)
   return summary
 
 

@@ -130,26 +130,39 @@ def decoder_feature_converter_cls(vocabulary: seqio.Vocabulary):
 
 def cache_files(mixture_or_task_names: str | Sequence[str], split: str) -> list[str]:
   """The cache TFRecords that reading `split` of Tasks or Mixtures opens (none if uncached)."""
+  return sorted(f for f, cached in _tfrecord_files(mixture_or_task_names, split) if cached)
+
+
+def _tfrecord_files(mixture_or_task_names: str | Sequence[str], split: str) -> list[tuple[str, bool]]:
+  """``(path, is_cache)`` of every TFRecord that reading `split` may open: the cache shards of
+  cached Tasks, and the files of TFRecord data sources (``seqio.TFExampleDataSource``, ...) that
+  a Task reads when used without its cache."""
   if isinstance(mixture_or_task_names, str):
     mixture_or_task_names = [mixture_or_task_names]
   names = sorted({t for name in mixture_or_task_names for t in task_names(name)})
   files = []
   for name in names:
-    cache_dir = seqio.get_mixture_or_task(name).cache_dir
-    if cache_dir:
-      files += tf.io.gfile.glob(os.path.join(cache_dir, f"{split}.tfrecord-*"))
-  return sorted(files)
+    task = seqio.get_mixture_or_task(name)
+    if task.cache_dir:
+      files += [(f, True) for f in tf.io.gfile.glob(os.path.join(task.cache_dir, f"{split}.tfrecord-*"))]
+    source = task.source
+    if getattr(source, "reader_cls", None) is tf.data.TFRecordDataset and split in source.splits:
+      files += [(f, False) for f in source.list_shards(split)]
+  return sorted(set(files))
 
 
 @contextlib.contextmanager
 def naming_corrupt_files(mixture_or_task_names: str | Sequence[str], split: str):
-  """Turns tf.data's DataLossError (an offset, no file name) while reading cached Tasks or
-  Mixtures into a `tasks.cache_layout.CorruptCacheError` that names the file and the offset."""
+  """Turns tf.data's DataLossError (an offset, no file name) while reading Tasks or Mixtures,
+  cached or from TFRecord sources, into a `tasks.cache_layout.CorruptCacheError` that names the
+  file and the offset."""
   try:
     yield
   except tf.errors.DataLossError as e:
     from tasks import cache_layout
-    raise cache_layout.corrupt_cache_error(e, cache_files(mixture_or_task_names, split)) from e
+    files = _tfrecord_files(mixture_or_task_names, split)
+    raise cache_layout.corrupt_cache_error(e, [f for f, _ in files],
+                                           cache=all(cached for _, cached in files)) from e
 
 
 def get_dataset(mixture_or_task_name: str,

@@ -155,11 +155,15 @@ class SeqioEvaluation:
     self.partitioner = partitioner
     self.batch_size = batch_size
     # bos_id: the task vocabulary's BOS starts the decoder inputs, the layout training uses.
-    self.evaluators = {name: seqio.Evaluator(
-        name, feature_converter=seqio.PrefixLMFeatureConverter(
-            pack=False, bos_id=data_lib.targets_bos_id(name)),
-        eval_split="validation", use_cached=False, sequence_length=sequence_length,
-        async_compute_metrics=False) for name in task_names}
+    # seqio.Evaluator reads its datasets when built: a truncated TFRecord must name its file.
+    self.evaluators = {}
+    for name in task_names:
+      with data_lib.naming_corrupt_files(name, "validation"):
+        self.evaluators[name] = seqio.Evaluator(
+            name, feature_converter=seqio.PrefixLMFeatureConverter(
+                pack=False, bos_id=data_lib.targets_bos_id(name)),
+            eval_split="validation", use_cached=False, sequence_length=sequence_length,
+            async_compute_metrics=False)
     self._score = None
 
   def score_fn(self, params):

@@ -11,10 +11,12 @@ MODEL: add ``--gin_file=gin/models/small.gin`` after the run file) or a Hugging 
 Every benchmark of ``tasks.benchmarks.BENCHMARKS`` is read from local files (BENCHMARK_DATA, in
 each public release's layout), turned into lm-evaluation-harness requests (same templates,
 few-shot layout and tokenization as lm-eval's HF backend) and answered by the model: multiple
-choice by log-likelihood, generation greedily until the stop sequences (k samples for maj@k /
-pass@k), code in ``model.code_sandbox``. Writes ``results.json``, ``results.md`` and
-``results.html`` in OUTPUT_DIR: per benchmark the setting, our score with a bootstrap 95%
-confidence interval, and the paper's Gemma 2B / 7B figures (arXiv:2403.08295, Table 6).
+choice by log-likelihood, generation greedily until the stop sequences (k samples at the
+benchmark's temperature for maj@k / pass@k), code in ``model.code_sandbox``. Writes
+``results.json``, ``results.md`` and ``results.html`` in OUTPUT_DIR: per benchmark the setting,
+our score with a bootstrap 95% confidence interval, and the paper's Gemma 2B / 7B figures
+(arXiv:2403.08295, Table 6); a group (AGIEval, BBH) gets a row of its own, the mean over its
+sub-tasks, when all of them ran.
 """
 
 from __future__ import annotations
@@ -215,11 +217,19 @@ def _round_up(n: int, multiple: int) -> int:
 def bootstrap_ci(values: Sequence[float], samples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
   """Percentile bootstrap interval of the mean (seeded: the same numbers on every run)."""
-  values = np.asarray(values, np.float64)
-  if len(values) == 0:
+  return bootstrap_ci_of_means([values], samples, seed, level)
+
+
+def bootstrap_ci_of_means(groups: Sequence[Sequence[float]], samples: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float]:
+  """Interval of the mean of per-group means (a group score over its sub-tasks), each group's
+  examples resampled on their own (stratified percentile bootstrap, seeded)."""
+  groups = [np.asarray(v, np.float64) for v in groups]
+  if not groups or any(len(v) == 0 for v in groups):
     return float("nan"), float("nan")
   rng = np.random.default_rng(seed)
-  means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+  means = np.mean([v[rng.integers(0, len(v), size=(samples, len(v)))].mean(axis=1) for v in groups],
+                  axis=0)
   tail = (1 - level) / 2 * 100
   return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
@@ -245,7 +255,7 @@ def evaluate_task(lm: LanguageModel, task_name: str, info: Mapping[str, Any], sa
     result["is_greedy"] = [g for _, g in scored]
   else:
     outputs = lm.generate([r["inputs"].tolist() for r in rows], bench.until, bench.max_gen_toks,
-                          samples=bench.samples, seed=seed)
+                          samples=bench.samples, seed=seed, temperature=bench.temperature)
     result["outputs"] = outputs
     if bench.format == CODE:
       per, result["sandbox"] = _run_code(bench, info["records"], outputs, sandbox_config)
@@ -288,9 +298,35 @@ def setting_text(bench, num_shots: int, chat: bool) -> str:
   if bench.partial_scoring:
     parts.append("partial scoring")
   if bench.samples > 1:
-    parts.append(f"k={bench.samples}")
+    parts.append(f"k={bench.samples}, temperature {bench.temperature:g}")
   parts.append("chat template" if chat else "plain template")
   return ", ".join(parts)
+
+
+def group_rows(rows: Sequence[Mapping[str, Any]], per_example: Mapping[str, Sequence[float]],
+               seed: int = 0) -> list[dict[str, Any]]:
+  """A row per group (AGIEval, BBH) all of whose sub-tasks ran: the unweighted mean of their
+  scores, as the paper and lm-eval report them, with a stratified bootstrap interval."""
+  from tasks.benchmarks import registry
+  by_name = {r["benchmark"]: r for r in rows}
+  out = []
+  for group in registry.GROUPS.values():
+    if not all(name in by_name for name in group.subtasks):
+      continue
+    subtasks = [by_name[name] for name in group.subtasks]
+    low, high = bootstrap_ci_of_means([per_example[name] for name in group.subtasks], seed=seed)
+    fewest, most = min(r["num_shots"] for r in subtasks), max(r["num_shots"] for r in subtasks)
+    shots = f"{fewest}-shot" if fewest == most else f"{fewest}-{most}-shot"
+    score = float(np.mean([r["score"] for r in subtasks]))
+    out.append({"benchmark": group.name, "task": None, "format": "group",
+                "setting": f"{shots}, {group.metric}, mean of {len(subtasks)} sub-tasks",
+                "metric": group.metric, "num_shots": most, "score": score, "ci95": [low, high],
+                "num_examples": sum(r["num_examples"] for r in subtasks),
+                "metrics": {group.metric: score},
+                "subtasks": list(group.subtasks), "paper_2b": group.paper[0],
+                "paper_7b": group.paper[1], "paper_setting": group.paper_setting,
+                "seconds": sum(r["seconds"] for r in subtasks)})
+  return out
 
 
 def write_tables(rows: Sequence[Mapping[str, Any]], output_dir: str, header: Mapping[str, Any]) -> None:
@@ -332,8 +368,10 @@ def run_benchmarks(*, checkpoint: str, tokenizer: str, output_dir: str, model=No
                    files: Optional[Mapping[str, str]] = None, num_shots: Optional[Mapping[str, int]] = None,
                    limit: Optional[int] = None, seed: int = 0, sampler: str = "seeded",
                    chat: bool = False, batch_size: int = 8, max_length: Optional[int] = None,
-                   sandbox_timeout_s: float = 10.0) -> list[dict[str, Any]]:
-  """Evaluates ``checkpoint`` on ``benchmarks`` (all by default); writes the tables; returns rows."""
+                   sandbox_timeout_s: float = 10.0, samples: Optional[Mapping[str, int]] = None,
+                   temperature: Optional[Mapping[str, float]] = None) -> list[dict[str, Any]]:
+  """Evaluates ``checkpoint`` on ``benchmarks`` (names or groups; by default every benchmark but
+  the maj@k variants); writes the tables; returns rows (sub-tasks, then the groups)."""
   import seqio
   from model import code_sandbox
   from tasks.benchmarks import registry
@@ -343,16 +381,18 @@ def run_benchmarks(*, checkpoint: str, tokenizer: str, output_dir: str, model=No
   vocab = seqio.SentencePieceVocabulary(tokenizer)
   chat_template = user_turn_prompt if chat else None
   tasks_info = registry.register_benchmark_tasks(
-      vocab, data_root, benchmarks, num_shots, seed, sampler, files, limit, chat, chat_template)
+      vocab, data_root, benchmarks, num_shots, seed, sampler, files, limit, chat, chat_template,
+      samples, temperature)
   lm_model, params, hf_config = load_checkpoint(checkpoint, model)
   check_tokenizer(lm_model.config, vocab, tokenizer, checkpoint, hf_config)
   lm = LanguageModel(lm_model, params, vocab, max_length, batch_size)
   sandbox = code_sandbox.SandboxConfig(timeout_s=sandbox_timeout_s)
-  rows = []
+  rows, per_example = [], {}
   for number, (task_name, info) in enumerate(tasks_info.items(), 1):
     bench = info["benchmark"]
     print(f"[{number}/{len(tasks_info)}] {bench.name}: {len(info['records'])} examples", flush=True)
     result = evaluate_task(lm, task_name, info, sandbox, seed)
+    per_example[bench.name] = result["per_example"][bench.metric]
     rows.append({"benchmark": bench.name, "task": task_name, "format": bench.format,
                  "setting": setting_text(bench, info["num_shots"], chat), "metric": bench.metric,
                  "num_shots": info["num_shots"], "score": result["score"], "ci95": result["ci95"],
@@ -360,6 +400,7 @@ def run_benchmarks(*, checkpoint: str, tokenizer: str, output_dir: str, model=No
                  "paper_2b": bench.paper[0], "paper_7b": bench.paper[1],
                  "paper_setting": bench.paper_setting, "seconds": result["seconds"],
                  **({"sandbox": result["sandbox"]} if "sandbox" in result else {})})
+  rows += group_rows(rows, per_example, seed)
   header = {"checkpoint": checkpoint, "tokenizer": tokenizer, "data_root": data_root, "seed": seed,
             "chat": chat, "limit": limit}
   write_tables(rows, output_dir, header)

@@ -15,7 +15,8 @@ training examples have it). The model continues ``[BOS] + doc[:prefix_len]`` gre
 Rates are reported per source and as a total weighted by each source's share of training tokens.
 The same run on the validation split (documents the model never saw) is the non-member control.
 Memorized continuations are searched for personal data with ``pipelines.pii``'s detectors, counted
-by type. Writes ``memorization.json`` and ``memorization.png`` (rates per source, for the data report).
+by type. Writes ``memorization.json``, which the data report (``pipelines.report``, also inside the
+run report) draws, and ``memorization.svg``, the same rates plot on its own.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def memorization(*, checkpoint: str, data_dir: str, output_dir: str, model=None,
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "memorization.json"), "w") as f:
     json.dump(report, f, indent=2, sort_keys=True)
-  plot_rates(report, os.path.join(output_dir, "memorization.png"))
+  plot_rates(report, os.path.join(output_dir, "memorization.svg"))
   for key in ("members", "non_members"):
     t = report[key]["total"]
     print(f"{key}: exact {100 * t['exact_rate']:.2f}%  approximate {100 * t['approximate_rate']:.2f}%", flush=True)
@@ -178,25 +179,10 @@ def memorization(*, checkpoint: str, data_dir: str, output_dir: str, model=None,
 
 
 def plot_rates(report: Mapping[str, Any], path: str) -> None:
-  """Bar chart of exact / approximate rates per source, members beside non-members."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  sources = sorted(report["members"]["per_source"])
-  fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(sources)), 3))
-  width = 0.2
-  for i, (key, rate) in enumerate([(k, r) for k in ("members", "non_members")
-                                   for r in ("exact_rate", "approximate_rate")]):
-    values = [100 * report[key]["per_source"][s][rate] for s in sources]
-    ax.bar([x + (i - 1.5) * width for x in range(len(sources))], values, width,
-           label=f"{key.replace('_', '-')} {rate.split('_')[0]}")
-  ax.set_xticks(range(len(sources)), sources)
-  ax.set_ylabel("% of sampled documents")
-  ax.set_title(f"memorized {report['suffix_len']}-token continuations")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  """The data report's plot of exact / approximate rates per source, members beside non-members."""
+  from pipelines import report as data_report
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(data_report.plot_memorization_rates(dict(report)) + "\n")
 
 
 def main(argv):

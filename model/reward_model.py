@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any, Mapping, Optional
 
 import gin
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from model import gin_utils
+from model import gin_utils, loop
 from model import train as _train  # noqa: F401  Its flags (launch) must exist before absl parses argv.
 from model.config import GemmaConfig
 from model.models import DecoderOnlyModel
@@ -140,7 +139,8 @@ def train_reward_model(*, model, partitioner, model_dir: str, data_dir: str, tot
                        batch_size: int = 32, max_length: int = 128, optimizer=None,
                        checkpoint_cfg=None, init_checkpoint: Optional[str] = None,
                        margin: float = 0.0, center_coef: float = 0.0, eval_period: int = 0,
-                       log_period: int = 10, seed: int = 0, stop_after=None) -> dict:
+                       log_period: int = 10, seed: int = 0, num_microbatches: int = 1,
+                       stop_after=None) -> dict:
   """Trains the reward model on DATA_DIR's preference pairs; returns (and writes) its summary.
 
   Args:
@@ -149,22 +149,24 @@ def train_reward_model(*, model, partitioner, model_dir: str, data_dir: str, tot
       None = random init. Used only when MODEL_DIR has no checkpoint yet.
     margin, center_coef: Bradley-Terry margin and the reward-centering coefficient (0 = off).
     eval_period: held-out accuracy every this many steps (and always at the end).
+    num_microbatches: gradient accumulation over this many parts of the batch of pairs (memory).
     stop_after: test hook, returns True to stop after that step (a pre-emption).
   """
   from model import checkpoints, preference_data
   from model.optimizers import create_optimizer
   from model.train import MetricsLogger, Trainer
-  for name, value in (("TRAIN_STEPS", total_steps), ("BATCH_SIZE", batch_size), ("log_period", log_period)):
+  for name, value in (("TRAIN_STEPS", total_steps), ("BATCH_SIZE", batch_size), ("log_period", log_period),
+                      ("NUM_MICROBATCHES", num_microbatches)):
     gin_utils.check_positive_int(name, value)
   if not model_dir:
     raise ValueError("MODEL_DIR must be set")
   rm = RewardModel(model.config, margin=margin, center_coef=center_coef)
   train_data = preference_data.load_preferences(data_dir, "train", max_length)
   eval_data = preference_data.load_preferences(data_dir, "validation", max_length)
-  partitioner.check_batch_size(batch_size)
+  partitioner.check_batch_size(batch_size, num_microbatches)
   batches = preference_data.StepBatches({k: train_data[k] for k in ("chosen", "rejected")}, batch_size, seed)
   optimizer = optimizer if optimizer is not None else create_optimizer()
-  trainer = Trainer(rm, optimizer, partitioner, 1, seed)
+  trainer = Trainer(rm, optimizer, partitioner, num_microbatches, seed)
   checkpoint_cfg = checkpoint_cfg or checkpoints.CheckpointConfig()
   checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_cfg)
   compat = {"kind": "reward_model", "config": repr(model.config), "batch_size": batch_size,
@@ -186,7 +188,7 @@ def train_reward_model(*, model, partitioner, model_dir: str, data_dir: str, tot
   logger = MetricsLogger(model_dir, start_step)
   print(f"Reward model: {batches.num_examples} train pairs, {len(eval_data['chosen'])} held out; "
         f"starting at step {start_step} of {total_steps}", flush=True)
-  evals, step, t0 = [], start_step, time.time()
+  evals = []
 
   def evaluate(at_step):
     result = pair_accuracy(rm, state.params, eval_data["chosen"], eval_data["rejected"])
@@ -198,25 +200,18 @@ def train_reward_model(*, model, partitioner, model_dir: str, data_dir: str, tot
 
   if start_step == 0:
     evaluate(0)
-  try:
-    while step < total_steps:
-      state, metrics = trainer.train_step(state, partitioner.shard_batch(next(batches)))
-      step += 1
-      metrics = jax.device_get(metrics)
-      logger.write("train", step, metrics)
-      if step % log_period == 0 or step == total_steps:
-        eta = (time.time() - t0) / (step - start_step) * (total_steps - step)
-        print(f"step {step}/{total_steps} | loss {float(metrics['loss']):.4f} | "
-              f"accuracy {float(metrics['accuracy']):.3f} | ETA {eta:.0f}s", flush=True)
-      if step % checkpoint_cfg.save_period == 0 or step == total_steps:
-        checkpointer.save(step, state.params, state.opt_state, batches, {"compat": compat})
-      if (eval_period and step % eval_period == 0) or step == total_steps:
-        evaluate(step)
-      if stop_after is not None and stop_after(step):
-        break
-  finally:
-    checkpointer.close()
-    logger.close()
+
+  def update(done):
+    nonlocal state
+    state, metrics = trainer.train_step(state, partitioner.shard_batch(next(batches)))
+    return jax.device_get(metrics)
+
+  step = loop.run_recorded_steps(
+      start_step, total_steps, update,
+      describe=lambda m: f"loss {float(m['loss']):.4f} | accuracy {float(m['accuracy']):.3f}",
+      logger=logger, checkpointer=checkpointer, current_state=lambda: state, data_iterator=batches,
+      meta={"compat": compat}, log_period=log_period, save_period=checkpoint_cfg.save_period,
+      eval_period=eval_period, evaluate=evaluate, stop_after=stop_after)
   records = logger.records("train")
   summary = {"steps": step, "start_step": start_step,
              "first_loss": records[0]["loss"] if records else None,

@@ -36,16 +36,16 @@ import dataclasses
 import functools
 import json
 import os
-import time
 from typing import Any, Mapping, Optional
 
+import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from model import decoding
-from model import gin_utils
+from model import gin_utils, loop
 from model import train as _train  # noqa: F401  Its flags (launch) must exist before absl parses argv.
 from model.transformer import Transformer
 
@@ -166,18 +166,25 @@ class PolicyObjective:
       objective = jnp.minimum(ratio * adv[:, None], clipped * adv[:, None])
       loss = -jnp.sum(objective * mask) / tokens
       clip_fraction = jnp.sum((jnp.abs(ratio - 1) > self.rl.ppo_clip) * mask) / tokens
+    # What the loss averages over (rows for RLOO, tokens for PPO): with gradient accumulation,
+    # `Trainer` weights each microbatch by it, so the accumulated gradient is the whole batch's.
+    weight = jnp.asarray(mask.shape[0], jnp.float32) if self.rl.algorithm == "rloo" else jnp.sum(mask)
     metrics = {"loss": loss, "policy_entropy": jnp.sum(entropy * mask) / tokens,
-               "clip_fraction": clip_fraction, "num_tokens": jnp.sum(mask),
-               "weight_sum": jnp.asarray(mask.shape[0], jnp.float32)}
+               "clip_fraction": clip_fraction, "num_tokens": jnp.sum(mask), "weight_sum": weight}
     return loss, metrics
 
 
 @functools.partial(jax.jit, static_argnames=("policy_config", "rl", "stop_tokens", "reward_model"))
 def rollout(policy_config, rl: RLConfig, stop_tokens, reward_model, params, ref_params, rm_params,
             prompts, rng):
-  """Samples `rl.group_size` responses per prompt and scores them; returns the update batch + stats."""
+  """Samples `rl.group_size` responses per prompt and scores them; returns the update batch + stats.
+
+  The repeated rows are split over the mesh's 'data' axis (under `Partitioner.activate`), so the
+  prompts may come in replicated: a step's rows, not its prompts, must divide over 'data'.
+  """
   module = Transformer(policy_config)
   prompts = jnp.repeat(prompts, rl.group_size, axis=0)  # The samples of a prompt are adjacent.
+  prompts = nn.with_logical_constraint(prompts, ("batch", None))
   sampler = decoding.Sampler(method="temperature", temperature=rl.temperature)
   # The jit'd decoder itself: `decoding.generate`'s argument checks need concrete prompts.
   responses, _ = decoding._generate(policy_config, params, prompts, rng, max_decode_len=rl.max_decode_len,
@@ -242,7 +249,8 @@ def train_rlhf(*, model, reward_model_base, partitioner, model_dir: str, data_di
                policy_checkpoint: str, reward_checkpoint: str, total_steps: int,
                reference_checkpoint: Optional[str] = None, rl: Optional[RLConfig] = None,
                prompts_per_step: int = 8, optimizer=None, checkpoint_cfg=None, eval_period: int = 0,
-               log_period: int = 1, seed: int = 0, max_length: int = 128, stop_after=None) -> dict:
+               log_period: int = 1, seed: int = 0, max_length: int = 128, num_microbatches: int = 1,
+               stop_after=None) -> dict:
   """Optimises the policy against the reward model; returns (and writes) the run summary.
 
   Args:
@@ -251,6 +259,8 @@ def train_rlhf(*, model, reward_model_base, partitioner, model_dir: str, data_di
     reference_checkpoint: the frozen KL anchor; by default `policy_checkpoint` (the SFT model).
     prompts_per_step: prompts per step; each gets `rl.group_size` samples.
     max_length: the longest preference row (prompts are read from the pairs).
+    num_microbatches: the policy update accumulates gradients over this many parts of the
+      step's rows (memory; the rollout samples all rows at once).
   """
   from model import checkpoints, preference_data
   from model.optimizers import create_optimizer
@@ -259,7 +269,8 @@ def train_rlhf(*, model, reward_model_base, partitioner, model_dir: str, data_di
   from tasks import special_tokens
   import tasks
   rl = rl or RLConfig()
-  for name, value in (("TRAIN_STEPS", total_steps), ("prompts_per_step", prompts_per_step), ("log_period", log_period)):
+  for name, value in (("TRAIN_STEPS", total_steps), ("prompts_per_step", prompts_per_step), ("log_period", log_period),
+                      ("NUM_MICROBATCHES", num_microbatches)):
     gin_utils.check_positive_int(name, value)
   if not model_dir:
     raise ValueError("MODEL_DIR must be set")
@@ -280,11 +291,11 @@ def train_rlhf(*, model, reward_model_base, partitioner, model_dir: str, data_di
   if train_prompts.shape[1] + rl.max_decode_len > model.config.max_seq_len:
     raise ValueError(f"prompts ({train_prompts.shape[1]}) + max_decode_len ({rl.max_decode_len}) exceed the "
                      f"model's max_seq_len {model.config.max_seq_len}")
-  partitioner.check_batch_size(prompts_per_step * rl.group_size)
+  partitioner.check_batch_size(prompts_per_step * rl.group_size, num_microbatches)
   batches = preference_data.StepBatches({"prompt": train_prompts}, prompts_per_step, seed)
   optimizer = optimizer if optimizer is not None else create_optimizer()
   objective = PolicyObjective(model, rl)
-  trainer = Trainer(objective, optimizer, partitioner, 1, seed)
+  trainer = Trainer(objective, optimizer, partitioner, num_microbatches, seed)
   abstract = trainer.abstract_train_params()
   ref_params = checkpoints.load_params(ref_dir, abstract)
   rm = RewardModel(reward_model_base.config)
@@ -303,7 +314,7 @@ def train_rlhf(*, model, reward_model_base, partitioner, model_dir: str, data_di
     start_step = 0
     state = trainer.init_state(checkpoints.load_params(policy_dir, abstract))
   logger = MetricsLogger(model_dir, start_step)
-  evals, step, t0 = [], start_step, time.time()
+  evals = []
   print(f"RLHF ({rl.algorithm}, group {rl.group_size}, KL {rl.kl_estimator} x {rl.kl_coef}): "
         f"{batches.num_examples} prompts, {len(eval_prompts)} held out; step {start_step} of {total_steps}", flush=True)
 
@@ -317,31 +328,27 @@ def train_rlhf(*, model, reward_model_base, partitioner, model_dir: str, data_di
 
   if start_step == 0:
     evaluate(0)
-  try:
-    while step < total_steps:
-      prompts = partitioner.shard_batch(next(batches))["prompt"]
-      key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
-      with partitioner.activate():
-        batch, stats = rollout(model.config, rl, stop_tokens, rm, state.params, ref_params, rm_params, prompts, key)
-      for _ in range(rl.ppo_epochs):
-        state, metrics = trainer.train_step(state, batch)
-      step += 1
-      record = {**jax.device_get(stats), **{k: v for k, v in jax.device_get(metrics).items()}}
-      logger.write("train", step, record)
-      if step % log_period == 0 or step == total_steps:
-        eta = (time.time() - t0) / (step - start_step) * (total_steps - step)
-        print(f"step {step}/{total_steps} | reward {float(record['reward']):.3f} | KL {float(record['kl']):.3f} | "
-              f"length {float(record['response_length']):.1f} | entropy {float(record['entropy']):.3f} | "
-              f"ETA {eta:.0f}s", flush=True)
-      if step % checkpoint_cfg.save_period == 0 or step == total_steps:
-        checkpointer.save(step, state.params, state.opt_state, batches, {"compat": compat})
-      if (eval_period and step % eval_period == 0) or step == total_steps:
-        evaluate(step)
-      if stop_after is not None and stop_after(step):
-        break
-  finally:
-    checkpointer.close()
-    logger.close()
+
+  def update(done):
+    nonlocal state
+    # Replicated (every host reads the same prompts); `rollout` splits the sampled rows over 'data'.
+    prompts = jax.make_array_from_process_local_data(partitioner.replicated, next(batches)["prompt"])
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), done)
+    with partitioner.activate():
+      batch, stats = rollout(model.config, rl, stop_tokens, rm, state.params, ref_params, rm_params, prompts, key)
+    for _ in range(rl.ppo_epochs):
+      state, metrics = trainer.train_step(state, batch)
+    return {**jax.device_get(stats), **jax.device_get(metrics)}
+
+  def describe(r):
+    return (f"reward {float(r['reward']):.3f} | KL {float(r['kl']):.3f} | "
+            f"length {float(r['response_length']):.1f} | entropy {float(r['entropy']):.3f}")
+
+  step = loop.run_recorded_steps(
+      start_step, total_steps, update, describe=describe, logger=logger, checkpointer=checkpointer,
+      current_state=lambda: state, data_iterator=batches, meta={"compat": compat},
+      log_period=log_period, save_period=checkpoint_cfg.save_period, eval_period=eval_period,
+      evaluate=evaluate, stop_after=stop_after)
   records = logger.records("train")
   summary = {"steps": step, "start_step": start_step,
              "train_first": records[0] if records else None, "train_last": records[-1] if records else None,

@@ -20,6 +20,10 @@ and partitions parameters from a `params_axes` collection (flax.linen.partitioni
 * t5x's cached decoding (`DecoderOnlyModel.predict_batch`, `t5x.infer` predict mode, seqio
   evaluations with generation), below.
 
+`optax_optimizer` / `optimizer_schedule` give t5x `model.train`'s optimizer (t5x's `OptaxWrapper`
+around `model.optimizers.create_optimizer`), so both trainers follow one loss curve
+(gin/t5x/parity_gemma_small.gin, tests/test_t5x_parity.py).
+
 Cached decoding, as t5x's decoder-only models do it (t5x/models.py `_compute_kv_cache` and
 t5x/decoding.py): prompts are right-padded and every row has its own cache index.
 
@@ -50,14 +54,16 @@ import jax.numpy as jnp
 from flax import traverse_util
 from flax.linen import partitioning as flax_partitioning
 
-# gin configurables of the data side (tasks.register_data_dir, model.gin_utils.build_model) are
-# defined when these modules are imported: import them here, when gin parses gemma.gin, not
-# lazily inside gemma_vocabulary (t5x has locked the config by then).
+# gin configurables of the data side (tasks.register_data_dir, model.gin_utils.build_model) and of
+# model.optimizers (create_optimizer, create_schedule) are defined when these modules are
+# imported: import them here, when gin parses gemma.gin, not lazily inside gemma_vocabulary (t5x
+# has locked the config by then).
 import tasks
 from model import gin_utils
 from tasks import eval_tasks
 from model.config import GemmaConfig
 from model.models import segments_and_positions
+from model.optimizers import Optimizer, create_optimizer
 from model.transformer import Transformer, init_cache
 
 # The axis our params leave unnamed (stacked key/value, stacked gate/up), t5x's name for it.
@@ -190,3 +196,24 @@ def gemma_vocabulary(data_dir: str, register_eval_tasks: bool = False, eval_exam
   if register_eval_tasks:
     eval_tasks.register_eval_tasks(data_dir, max_examples=eval_examples)
   return tasks.get_vocabulary(data_dir)
+
+
+def optax_optimizer(optimizer: Optional[Optimizer] = None):
+  """t5x's `OptaxWrapper` around `model.optimizers.create_optimizer()`'s optax transformation.
+
+  For t5x's `DecoderOnlyModel.optimizer_def`: t5x.train then applies model.train's update (the
+  gradient clip, the optimizer and its schedule, which lives inside the transformation).
+  """
+  from t5x import optimizers as t5x_optimizers
+  optimizer = optimizer if optimizer is not None else create_optimizer()
+  return t5x_optimizers.OptaxWrapper(optimizer.tx)
+
+
+def optimizer_schedule(optimizer: Optional[Optimizer] = None):
+  """The learning-rate schedule of `optimizer`, for t5x's `Trainer.learning_rate_fn`.
+
+  An `OptaxWrapper` ignores the rate t5x's trainer passes it; binding the same schedule makes
+  t5x's logged `learning_rate` the one the transformation applies.
+  """
+  optimizer = optimizer if optimizer is not None else create_optimizer()
+  return optimizer.learning_rate_fn

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from absl import flags
 
-from model import gin_utils, launch
+from model import gin_utils, launch, loop
 from model.optimizers import Optimizer, create_optimizer
 from model.partitioning import Partitioner
 # The input pipeline (seqio, TensorFlow), checkpointing (orbax), eval and metric writers (clu) are
@@ -358,7 +358,6 @@ def train(*,
   run_start = time.time()
   pending: list[tuple[int, dict]] = []
   period_start, period_tokens, run_tokens = time.time(), 0.0, 0.0
-  step = start_step
 
   def flush():
     nonlocal period_start, period_tokens, run_tokens
@@ -404,28 +403,28 @@ def train(*,
     return results
 
   eval_results = None
-  try:
-    while step < total_steps:
-      batch = partitioner.shard_batch(next(data_iter), cfg.batch_size)
-      state, metrics = trainer.train_step(state, batch)
-      if staged:  # Examples of the step's block that did not fit its rows (see data.py).
-        metrics = dict(metrics, data_dropped_examples=float(data_iter.last_dropped))
-      step += 1
-      pending.append((step, metrics))
-      if step % log_period == 0 or step == total_steps:
-        flush()
-      if step % checkpoint_cfg.save_period == 0 or step == total_steps:
-        checkpointer.save(step, state.params, state.opt_state, data_iter, {"compat": compat})
-      if eval_period and eval_dataset_cfg is not None and (step % eval_period == 0
-                                                           or step == total_steps):
-        eval_results = run_eval(step)
-      if stop_after is not None and stop_after(step):
-        break
-    if pending:
-      flush()
-  finally:
-    checkpointer.close()
-    logger.close()
+
+  def train_step(done):
+    nonlocal state
+    batch = partitioner.shard_batch(next(data_iter), cfg.batch_size)
+    state, metrics = trainer.train_step(state, batch)
+    if staged:  # Examples of the step's block that did not fit its rows (see data.py).
+      metrics = dict(metrics, data_dropped_examples=float(data_iter.last_dropped))
+    pending.append((done + 1, metrics))
+
+  def save(at):
+    checkpointer.save(at, state.params, state.opt_state, data_iter, {"compat": compat})
+
+  def evaluate(at):
+    nonlocal eval_results
+    eval_results = run_eval(at)
+
+  step = loop.run_steps(
+      start_step, total_steps, train_step, log_period=log_period, log=lambda _: flush(),
+      save_period=checkpoint_cfg.save_period, save=save, eval_period=eval_period,
+      evaluate=evaluate if eval_period and eval_dataset_cfg is not None else None,
+      stop_after=stop_after, finish=lambda: pending and flush(),
+      close=(checkpointer.close, logger.close))
 
   records = logger.records("train")
   summary = {

@@ -266,7 +266,8 @@ def chat_data(input_pattern: str, tokenizer: str, output_dir: str, max_length: i
       f.write(model_proto)
     with beam.Pipeline(options=options or PipelineOptions()) as p:
       lines = (p | "Files" >> beam.Create(files)
-               | "Read" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder(), with_filename=True))
+               | "Read" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder(), with_filename=True)
+               | "Progress" >> beam.ParDo(common.CountProgress(STAGE)))
       prepared = lines | "Prepare" >> beam.ParDo(PrepareConversation(
           model_proto, max_length, toxicity_threshold, pii.PiiConfig(), source)).with_outputs(
               common.REJECTS_TAG, main="kept")

@@ -24,6 +24,9 @@ import json
 import logging
 import os
 import re
+import sys
+import threading
+import time
 import uuid
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -275,20 +278,99 @@ def parse_doc(line: bytes | str) -> tuple[Doc | None, str, str]:
   for field in ("scores", "pii"):
     if field in doc and not isinstance(doc[field], dict):
       return None, "bad_record", f"{field!r} is {type(doc[field]).__name__}, not an object"
-  try:
-    dumps(doc).encode("utf-8")
-  except (UnicodeEncodeError, ValueError, RecursionError) as e:
-    return None, "bad_record", error_text(e)
+  # Strings decoded from valid UTF-8 hold a lone surrogate only through a JSON "\uD8xx" escape,
+  # and only deep nesting makes encoding recurse: lines with neither (nearly all) skip re-encoding,
+  # which cost as much as the parse (docs/benchmarks.md, tokenize section).
+  if "\\u" in text or text.count("[") + text.count("{") > _NESTING_CHECKED_ABOVE:
+    try:
+      dumps(doc).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError) as e:
+      return None, "bad_record", error_text(e)
   return doc, "", ""
 
 
-class _ParseDoc(beam.DoFn):
+_NESTING_CHECKED_ABOVE = 64  # Brackets in a line above which parse_doc re-encodes it to check.
+
+
+# ----------------------------------------------------------------------------- progress
+#
+# A stage's documents done, while it runs, for the workflow (workflow/progress.py): each worker
+# process prints ``progress <stage> docs <n> worker <pid>`` lines, ``n`` the documents that process
+# has read so far, at most one per PROGRESS_INTERVAL_S within a bundle and one when it ends. A
+# worker counts only its own share (DirectRunner threads or processes, portable-runner workers);
+# the reader sums the latest count of each worker. On Dataflow the lines only reach the worker
+# logs: there the ``in`` counter (a Beam metric) is what the UI shows.
+
+PROGRESS_INTERVAL_S = 5.0
+_progress_lock = threading.Lock()
+# (stage, job) -> [documents read in this process, count last shown, when shown]; ``job`` tells
+# apart the jobs that one process runs (tests, the DirectRunner in a notebook).
+_progress: dict[tuple[str, str], list] = {}
+
+
+def progress_line(stage: str, docs: int, worker: int | str | None = None) -> str:
+  return f"progress {stage} docs {docs} worker {os.getpid() if worker is None else worker}"
+
+
+def count_progress(stage: str, job: str, docs: int, final: bool = False) -> None:
+  """Adds ``docs`` to this process's count of ``stage`` in ``job``; prints it when due (or
+  ``final``)."""
+  with _progress_lock:
+    entry = _progress.setdefault((stage, job), [0, 0, time.monotonic()])
+    entry[0] += docs
+    now = time.monotonic()
+    if entry[0] == entry[1] or not (final or now - entry[2] >= PROGRESS_INTERVAL_S):
+      return
+    entry[1], entry[2] = entry[0], now
+    line = progress_line(stage, entry[0])
+  sys.stderr.write(line + "\n")  # One write: worker processes share the job's stderr.
+  sys.stderr.flush()
+
+
+class CountProgress(beam.DoFn):
+  """Counts the elements going through for :func:`count_progress`, passing them on unchanged.
+
+  Counts in a local variable and hands them on every PROGRESS_BATCH elements, so that the lock
+  and clock cost nothing per element; the count is printed at the end of every bundle (batch
+  runners make few, large bundles), so the last line is out before the job ends.
+  """
+
+  PROGRESS_BATCH = 64
 
   def __init__(self, stage: str):
     self._stage = stage
+    self._job = uuid.uuid4().hex  # Made once, at pipeline construction: the same on every worker.
+    self._pending = 0
+
+  def count(self) -> None:
+    self._pending += 1
+    if self._pending >= self.PROGRESS_BATCH:
+      count_progress(self._stage, self._job, self._pending)
+      self._pending = 0
+
+  def process(self, element):
+    self.count()
+    yield element
+
+  def finish_bundle(self):  # Not throttled: the portable runner tears DoFns down after the job.
+    count_progress(self._stage, self._job, self._pending, final=True)
+    self._pending = 0
+
+  def teardown(self):
+    count_progress(self._stage, self._job, self._pending, final=True)
+    self._pending = 0
+
+
+class _ParseDoc(CountProgress):
+  """Parses one line; counts it for progress (the reader's own counting step)."""
+
+  def __init__(self, stage: str):
+    super().__init__(stage)
+    self._in = Metrics.counter(stage, "in")
 
   def process(self, line: bytes):
-    Metrics.counter(self._stage, "in").inc()
+    self._in.inc()
+    self.count()
     doc, reason, error = parse_doc(line)
     if doc is None:
       raw = line.decode("utf-8", "backslashreplace") if isinstance(line, bytes) else line
@@ -404,8 +486,9 @@ def shard_path(directory: str, prefix: str, shard: int, num_shards: int, ext: st
 class WriteStageOutput(beam.PTransform):
   """Writes kept docs, rejects and ``stats.json`` for one stage into ``directory``.
 
-  ``inputs`` is the PCollection of records that entered the stage (parse failures included), so
-  the stats file can state the accounting identity from independent counts.
+  ``inputs`` is the PCollection (or a tuple of PCollections, see :class:`CountAll`) of records
+  that entered the stage (parse failures included), so the stats file can state the accounting
+  identity from independent counts.
   """
 
   def __init__(self, directory: str, stage: str, num_shards: int = 0, extra_stats=None,
@@ -429,7 +512,7 @@ class WriteStageOutput(beam.PTransform):
         FileSystems.join(self._directory, REJECTS_DIR), REJECTS_TAG, self._num_reject_shards,
         self._target_shard_bytes)
     counts = [
-        num_in | "CountIn" >> beam.combiners.Count.Globally() | "TagIn" >> beam.Map(lambda n: ("in", n)),
+        num_in | "CountIn" >> CountAll() | "TagIn" >> beam.Map(lambda n: ("in", n)),
         kept | "CountKept" >> beam.combiners.Count.Globally() | "TagKept" >> beam.Map(lambda n: ("kept", n)),
         rejects
         | "Reason" >> beam.Map(lambda r: ("dropped." + r["reason"], 1))
@@ -447,6 +530,20 @@ class WriteStageOutput(beam.PTransform):
 
   def _write_stats(self, items):
     return write_stats(self._directory, make_stats(self._stage, items))
+
+
+class CountAll(beam.PTransform):
+  """The number of elements of a PCollection or of a tuple of them, without flattening them.
+
+  A Flatten of the reader's documents and its rejects just to count them makes the DirectRunner
+  encode every document into a buffer and decode it again (the Flatten is not fused); counting
+  each input apart and adding the counts costs a combiner step per element.
+  """
+
+  def expand(self, pcolls):
+    parts = list(pcolls) if isinstance(pcolls, (tuple, list)) else [pcolls]
+    counts = [part | f"Count{i}" >> beam.combiners.Count.Globally() for i, part in enumerate(parts)]
+    return counts | "Counts" >> beam.Flatten() | "Sum" >> beam.CombineGlobally(sum)
 
 
 def write_stats(directory: str, stats: dict[str, Any]) -> dict[str, Any]:
@@ -547,7 +644,7 @@ def run_doc_stage(
   with atomic_output_dir(args.output_dir) as tmp_dir:
     with beam.Pipeline(options=options) as p:
       parsed = p | "Read" >> ReadDocs(args.input, stage)
-      inputs = (parsed.docs, parsed[REJECTS_TAG]) | "AllInputs" >> beam.Flatten()
+      inputs = (parsed.docs, parsed[REJECTS_TAG])  # Counted apart: CountAll.
       result = transform_fn(parsed.docs)
       rejects = (parsed[REJECTS_TAG], result[REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
       _ = {"in": inputs, "kept": result["kept"], "rejects": rejects} | "Write" >> WriteStageOutput(

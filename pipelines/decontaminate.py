@@ -50,7 +50,7 @@ def example_fields(benchmarks: Sequence[str] | None = None, data_root: str | Non
   """{benchmark: [[string fields of each eval example]]} from the local benchmark files."""
   from tasks.benchmarks import registry
   out = {}
-  for name in benchmarks or sorted(registry.BENCHMARKS):
+  for name in benchmarks or sorted(registry.expand_names(None)):  # maj@k variants share files
     records = registry.load_records(registry.BENCHMARKS[name], data_root or registry.DEFAULT_DATA_ROOT)
     out[name] = [list(_strings(r)) for r in records]
   return out

@@ -190,6 +190,17 @@ INLINE_TAGS = ("abbr", "acronym", "b", "bdi", "bdo", "big", "cite", "code", "dat
 # boilerplate.
 DOCBOOK_ASIDE_CLASSES = frozenset(["sidebar", "note", "tip", "warning", "important", "caution"])
 _DOCBOOK_GENERATORS = ("docbook", "publican")
+# Navigation that is never main text: removed before trafilatura, because its fallback (taken
+# when the main text is short, e.g. a two-paragraph Chinese page of the Debian handbook: fewer
+# characters than trafilatura's minimum) keeps the whole body, navigation lists included.
+# ``<nav>`` and role=navigation everywhere; DocBook/Publican's own classes and ids on its pages.
+DOCBOOK_NAV_CLASSES = frozenset(["docnav", "navheader", "navfooter"])
+DOCBOOK_NAV_IDS = frozenset(["banner"])
+# Format characters trafilatura deletes as "non-printable" that are part of the spelling:
+# ZERO WIDTH NON-JOINER (Persian ``می‌خواست``, Indic scripts) and ZERO WIDTH JOINER (emoji
+# sequences). They are swapped for printable stand-ins absent from the page, then restored.
+_KEPT_FORMAT_CHARS = ("\u200c", "\u200d")
+_STAND_IN_CANDIDATES = "\u2b1a\u2b1b\u2b1c\u2b1d\u2b1e\u2b1f\u2b20\u2b21\u2b22\u2b23"
 
 
 def is_docbook(tree) -> bool:
@@ -203,21 +214,38 @@ def is_docbook(tree) -> bool:
 
 
 def prepare_tree(tree) -> None:
-  """The pre-processing that makes trafilatura keep what it would lose (see INLINE_TAGS and
-  DOCBOOK_ASIDE_CLASSES); measured by benchmarks/extraction_fidelity.py."""
-  if is_docbook(tree):
-    for div in tree.iter("div"):
-      classes = set((div.get("class") or "").split())
-      if classes & DOCBOOK_ASIDE_CLASSES:
-        div.set("class", " ".join(sorted(classes - DOCBOOK_ASIDE_CLASSES)) or "para")
+  """The pre-processing that makes trafilatura keep what it would lose and drop what its fallback
+  would keep (see INLINE_TAGS, DOCBOOK_ASIDE_CLASSES, DOCBOOK_NAV_CLASSES); measured by
+  benchmarks/extraction_fidelity.py."""
+  docbook = is_docbook(tree)
+  for element in list(tree.iter()):
+    if not isinstance(element.tag, str) or element.getparent() is None:
+      continue
+    classes = set((element.get("class") or "").split())
+    if element.tag == "nav" or element.get("role") == "navigation" or docbook and (
+        classes & DOCBOOK_NAV_CLASSES or element.get("id") in DOCBOOK_NAV_IDS):
+      element.drop_tree()  # Keeps its tail text, which belongs to the parent.
+    elif docbook and element.tag == "div" and classes & DOCBOOK_ASIDE_CLASSES:
+      element.set("class", " ".join(sorted(classes - DOCBOOK_ASIDE_CLASSES)) or "para")
   lxml.etree.strip_tags(tree, *INLINE_TAGS)
+
+
+def _stand_ins(html: str) -> dict[str, str]:
+  """``{kept format char: printable stand-in}`` for the ones in ``html`` (see _KEPT_FORMAT_CHARS)."""
+  present = [c for c in _KEPT_FORMAT_CHARS if c in html]
+  free = [c for c in _STAND_IN_CANDIDATES if c not in html]
+  return dict(zip(present, free))  # A page holding every candidate keeps trafilatura's behaviour.
 
 
 def html_to_text(html: str, url: str, prepare: bool = True) -> str:
   """Main text of a page, one paragraph per line (trafilatura, tuned for recall).
 
-  ``prepare=False`` skips :func:`prepare_tree` (trafilatura alone: for the fidelity benchmark).
+  ``prepare=False`` skips :func:`prepare_tree` and the format-character stand-ins (trafilatura
+  alone: for the fidelity benchmark).
   """
+  stand_ins = _stand_ins(html) if prepare else {}
+  for char, stand_in in stand_ins.items():
+    html = html.replace(char, stand_in)
   parser = lxml.html.HTMLParser(encoding="utf-8")
   try:
     tree = lxml.html.fromstring(html.encode("utf-8"), parser=parser)
@@ -238,7 +266,10 @@ def html_to_text(html: str, url: str, prepare: bool = True) -> str:
       include_formatting=False,
       deduplicate=False,  # trafilatura's dedup cache is process state: not deterministic.
   )
-  return text or ""
+  text = text or ""
+  for char, stand_in in stand_ins.items():
+    text = text.replace(stand_in, char)
+  return text
 
 
 def clean_text(text: str) -> str:
@@ -501,6 +532,7 @@ class ExtractDocs(beam.PTransform):
     extracted = (
         records.records
         | "Spread" >> beam.Reshuffle()
+        | "Progress" >> beam.ParDo(common.CountProgress(STAGE))
         | "Extract" >> beam.ParDo(ExtractText(self._config, self._html_to_text_fn)).with_outputs(
             common.REJECTS_TAG, main="docs")
     )

@@ -49,14 +49,16 @@ def stage_dir(output_dir: str, stage: str) -> str:
   return FileSystems.join(output_dir, STAGES_DIR, stage)
 
 
-class _CountIn(beam.DoFn):
-  """The ``in`` counter that a separate job's reader increments."""
+class _CountIn(common.CountProgress):
+  """The ``in`` counter and the progress lines that a separate job's reader gives."""
 
   def __init__(self, stage: str):
-    self._stage = stage
+    super().__init__(stage)
+    self._in = Metrics.counter(stage, "in")
 
   def process(self, doc):
-    Metrics.counter(self._stage, "in").inc()
+    self._in.inc()
+    self.count()
     yield doc
 
 

@@ -11,6 +11,9 @@ lays it out (see docs/architecture.md and docs/report.md):
   shards for the document lengths;
 * ``<work_dir>/tokenizer/stats.json`` for the tokenizer summary;
 * ``<work_dir>/data/sources.json`` for documents and tokens per source and the mixture rates;
+* ``<work_dir>/memorization/memorization.json`` (``model.memorization``), when that stage ran,
+  for the memorization rates per source, members against the non-member control, and the types
+  of personal data in memorized continuations;
 * optionally a file of mixture stages (``--schedule``), read with ``tasks.schedule``, for
   mixture weights that change over training.
 
@@ -58,6 +61,9 @@ LENGTH_STAGE = "dedupe"  # Lengths are measured on the documents that reach the 
 TOKENIZER_DIR = "tokenizer"
 SOURCES_FILE = os.path.join("data", "sources.json")
 METRICS_FILE = os.path.join("model", "metrics.jsonl")
+MEMORIZATION_FILE = os.path.join("memorization", "memorization.json")  # model.memorization
+MEMBERSHIPS = (("members", "members (train split)"), ("non_members", "non-members (validation, control)"))
+RATES = (("exact_rate", "exact"), ("approximate_rate", "approximate"))
 DEFAULT_TRAIN_STEPS = 1000
 HISTOGRAM_BINS = 30
 
@@ -124,6 +130,7 @@ class ReportData:
   sources: list[SourceCounts] | None
   tokenizer: dict[str, Any] | None
   train_steps: int
+  memorization: dict[str, Any] | None = None  # memorization.json, checked; None if not run.
 
 
 def _exists(path: str) -> bool:
@@ -262,6 +269,31 @@ def read_tokenizer_stats(work_dir: str) -> dict[str, Any] | None:
   return stats
 
 
+def read_memorization(path: str) -> dict[str, Any] | None:
+  """``model.memorization``'s report, checked (None if absent): per membership, per source the
+  sampled documents, exact / approximate counts and rates and the PII types memorized."""
+  if not _exists(path):
+    return None
+  record = _read_json(path)
+  for key, _ in MEMBERSHIPS:
+    where = f"{path}: {key}"
+    part = _require(record, key, dict, path)
+    for source, row in sorted(_require(part, "per_source", dict, where).items()):
+      at = f"{where}.per_source.{source}"
+      documents = _require(row, "documents", int, at)
+      for count, (rate, _) in zip(("exact", "approximate"), RATES):
+        n = _require(row, count, int, at)
+        value = _require(row, rate, (int, float), at)
+        if n > documents or abs(value - (n / documents if documents else 0.0)) > 1e-9:
+          raise ReportError(f"{at}: key {rate!r} is {value} but {count}/documents is {n}/{documents}.")
+      for pii_type in _require(row, "pii_in_memorized", dict, at):
+        _require(row["pii_in_memorized"], pii_type, int, f"{at}.pii_in_memorized")
+    total = _require(part, "total", dict, where)
+    for rate, _ in RATES:
+      _require(total, rate, (int, float), f"{where}.total")
+  return record
+
+
 def trained_steps(work_dir: str) -> int | None:
   """The last step in the trainer's ``model/metrics.jsonl``, if training has run."""
   path = FileSystems.join(work_dir, METRICS_FILE)
@@ -292,6 +324,7 @@ def load(work_dir: str, train_steps: int | None = None) -> ReportData:
       lengths=read_lengths(measured) if measured else {},
       sources=read_sources(FileSystems.join(work_dir, SOURCES_FILE)),
       tokenizer=read_tokenizer_stats(work_dir),
+      memorization=read_memorization(FileSystems.join(work_dir, MEMORIZATION_FILE)),
       train_steps=train_steps,
   )
 
@@ -504,6 +537,73 @@ def plot_mixture(segments: Segments, last_step: int, title: str) -> str:
   return _svg(draw, "mixture", (7.5, 3.2))
 
 
+def _memorization_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, dict[str, float]]]]:
+  """``[(source or "total", {membership: {rate: value}})]``: every source of either split, then
+  the total weighted by token share."""
+  sources = sorted({s for key, _ in MEMBERSHIPS for s in report[key]["per_source"]})
+  rows = [(s, {key: report[key]["per_source"].get(s, {}) for key, _ in MEMBERSHIPS}) for s in sources]
+  return rows + [("total (token-weighted)", {key: report[key]["total"] for key, _ in MEMBERSHIPS})]
+
+
+def plot_memorization_rates(report: dict[str, Any]) -> str:
+  """Grouped bars per source: exact and approximate rates, members beside the non-member control.
+
+  Each bar's SVG group is named ``bar-<membership>-<rate>-<source index>`` and labelled with its
+  percentage, so the page can be read (and checked) without the JSON.
+  """
+  rows = _memorization_rows(report)
+  series = [(key, rate, f"{label.split(' ')[0]} {rate_label}")
+            for key, label in MEMBERSHIPS for rate, rate_label in RATES]
+
+  def draw(fig):
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    width = 0.8 / len(series)
+    for i, ((key, rate, label), color) in enumerate(zip(series, _colors(len(series)))):
+      values = [100 * row[key].get(rate, 0.0) for _, row in rows]
+      bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label, color=color,
+                    hatch="//" if key == "non_members" else None, edgecolor="white")
+      for j, bar in enumerate(bars):
+        bar.set_gid(f"bar-{key}-{rate.split('_')[0]}-{j}")
+      ax.bar_label(bars, fmt="%.1f", fontsize=6)
+    ax.set_xticks(x, [name for name, _ in rows])
+    ax.set_ylabel("% of sampled documents")
+    ax.set_title(f"Memorized {report.get('suffix_len', '?')}-token continuations "
+                 f"after {report.get('prefix_len', '?')}-token prefixes")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+
+  return _svg(draw, "memorization-rates", (8, 3.4))
+
+
+def plot_memorized_pii(report: dict[str, Any]) -> str:
+  """Horizontal bars: memorized continuations holding each PII type, stacked by source (members)."""
+  per_source = report["members"]["per_source"]
+  types = sorted({t for row in per_source.values() for t in row["pii_in_memorized"]})
+  sources = sorted(per_source)
+
+  def draw(fig):
+    ax = fig.add_subplot()
+    y = np.arange(len(types))
+    left = np.zeros(len(types))
+    for source, color in zip(sources, _colors(len(sources))):
+      counts = np.array([per_source[source]["pii_in_memorized"].get(t, 0) for t in types])
+      bars = ax.barh(y, counts, left=left, label=source, color=color)
+      for t, bar in zip(types, bars):
+        bar.set_gid(f"pii-{source}-{t}")
+      left += counts
+    for i, total in enumerate(left):
+      ax.annotate(_num(int(total)), (total, y[i]), xytext=(3, 0), textcoords="offset points",
+                  va="center", fontsize=7)
+    ax.set_yticks(y, types)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("PII matches in memorized continuations")
+    ax.set_title("Personal data in memorized training text (members)")
+    ax.legend(fontsize=7)
+
+  return _svg(draw, "memorization-pii", (7, 1.2 + 0.35 * len(types)))
+
+
 # ----------------------------------------------------------------------------- HTML
 
 
@@ -644,6 +744,36 @@ def mixture_section(data: ReportData, schedule: Any = None) -> str:
   return "\n".join(notes + [plot_mixture(segments, data.train_steps, title), _table(headers, rows)])
 
 
+def memorization_section(report: dict[str, Any] | None) -> str:
+  """Rates per source, members against the non-member control, and PII types memorized."""
+  if report is None:
+    return _missing(f"{MEMORIZATION_FILE}: memorization {NOT_RUN}.")
+  notes = [f"<p>{_e(report.get('num_docs', '?'))} documents per source and split; greedy "
+           f"{_e(report.get('suffix_len', '?'))}-token continuations of "
+           f"{_e(report.get('prefix_len', '?'))}-token prefixes; <i>exact</i>: equal to the "
+           "document, <i>approximate</i>: within 10% token edit distance. Checkpoint "
+           f"<code>{_e(report.get('checkpoint', '?'))}</code>.</p>"]
+  headers = ["source"] + [f"{label.split(' ')[0]} {r}" for _, label in MEMBERSHIPS
+                          for r in ("documents", "exact", "approximate")]
+  rows = []
+  for name, row in _memorization_rows(report):
+    cells = [name]
+    for key, _ in MEMBERSHIPS:
+      r = row[key]
+      cells.append(_num(r["documents"]) if "documents" in r else "–")
+      cells += [f"{100 * r[rate]:.1f}%" if rate in r else "–" for rate, _ in RATES]
+    rows.append(cells)
+  parts = notes + [plot_memorization_rates(report), _table(headers, rows)]
+  per_source = report["members"]["per_source"]
+  pii_rows = [(source, pii_type, _num(n)) for source, row in sorted(per_source.items())
+              for pii_type, n in sorted(row["pii_in_memorized"].items())]
+  if pii_rows:
+    parts += [plot_memorized_pii(report), _table(("source", "PII type", "matches"), pii_rows)]
+  else:
+    parts.append("<p>No personal data found in memorized continuations (<code>pipelines.pii</code>).</p>")
+  return "\n".join(parts)
+
+
 def tokenizer_section(stats: dict[str, Any] | None) -> str:
   if stats is None:
     return _missing(f"{TOKENIZER_DIR}: {NOT_RUN}.")
@@ -661,6 +791,7 @@ def data_sections(data: ReportData, schedule: Any = None) -> list[tuple[str, str
       ("lengths", "Document lengths", lengths_section(data)),
       ("mixture", "Mixture weights over training", mixture_section(data, schedule)),
       ("tokenizer", "Tokenizer", tokenizer_section(data.tokenizer)),
+      ("memorization", "Memorization of training data", memorization_section(data.memorization)),
   ]
 
 

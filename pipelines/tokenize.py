@@ -119,13 +119,15 @@ def parse_tiers(spec: str) -> dict[str, str]:
 
 
 class EncodeDocs(beam.DoFn):
-  """Encodes a batch of documents with one ``sp.encode`` call; routes each to (task, split, shard).
+  """Encodes a batch of documents with one ``sp.encode`` call; groups them by (task, split, shard).
 
-  Emits ``((task, split, shard), (id, source, num_tokens, serialized tf.train.Example))``;
-  documents without a source or with no tokens go to the rejects output with their reason.
-  ``num_threads`` is SentencePiece's batch-encoding threads (-1: one per core, its default).
-  Counters are incremented once per batch: a ``Metrics`` call per document costs as much as
-  building its Example.
+  Emits ``((task, split, shard), [(id, source, num_tokens, serialized tf.train.Example), ...])``,
+  one element per shard the batch touches: the shuffle then moves a few lists per batch instead of
+  one element per document (per-element runner overhead is most of what the job adds to raw
+  encoding, docs/benchmarks.md). Documents without a source or with no tokens go to the rejects
+  output with their reason. ``num_threads`` is SentencePiece's batch-encoding threads (-1: one per
+  core, its default). Counters are incremented once per batch: a ``Metrics`` call per document
+  costs as much as building its Example.
   """
 
   def __init__(
@@ -143,6 +145,7 @@ class EncodeDocs(beam.DoFn):
     self._to_example = ExampleSerializer()
     self._tokens = Metrics.counter(STAGE, "tokens")
     self._kept = Metrics.counter(STAGE, "kept")
+    self._task_names: dict[str, str] = {}
 
   def process(self, batch: list[common.Doc]):
     docs = []
@@ -152,20 +155,28 @@ class EncodeDocs(beam.DoFn):
         yield common.reject(STAGE, "no_source", doc)
       else:
         docs.append(doc)
-    kept = num_tokens = 0
+    groups: dict[tuple[str, str, int], list] = {}
+    num_tokens = 0
     for doc, tokens in zip(docs, self._sp.encode([d["text"] for d in docs], num_threads=self._num_threads)):
       if not tokens:
         yield common.reject(STAGE, "empty_after_tokenize", doc)
         continue
-      doc_id = str(doc["id"])
+      doc_id, source = str(doc["id"]), doc["source"]
+      task = self._task_names.get(source) or self._task_names.setdefault(source, task_name(source))
       split = assign_split(doc_id, self._validation_fraction)
-      shard = assign_shard(doc_id, self._num_shards[split])
-      kept += 1
+      key = (task, split, assign_shard(doc_id, self._num_shards[split]))
       num_tokens += len(tokens)
       # The Example is serialized here so that only bytes travel through the shuffle.
-      yield (task_name(doc["source"]), split, shard), (doc_id, doc["source"], len(tokens), self._to_example(doc_id, tokens))
-    self._kept.inc(kept)
+      groups.setdefault(key, []).append((doc_id, source, len(tokens), self._to_example(doc_id, tokens)))
+    self._kept.inc(sum(len(group) for group in groups.values()))
     self._tokens.inc(num_tokens)
+    yield from groups.items()
+
+
+def _concat_groups(key_and_groups):
+  """``(shard key, [list, list, ...])`` after the shuffle -> ``(shard key, one list)`` for WriteShard."""
+  key, groups = key_and_groups
+  return key, [record for group in groups for record in group]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -359,7 +370,7 @@ def tokenize(
       f.write(model_proto)
     with beam.Pipeline(options=options or PipelineOptions()) as p:
       parsed = p | "Read" >> common.ReadDocs(input_path, STAGE)
-      inputs = (parsed.docs, parsed[common.REJECTS_TAG]) | "AllInputs" >> beam.Flatten()
+      inputs = (parsed.docs, parsed[common.REJECTS_TAG])  # Counted apart: common.CountAll.
       encoded = (
           parsed.docs
           | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
@@ -374,6 +385,7 @@ def tokenize(
       entries = (
           encoded.kept
           | "GroupByShard" >> beam.GroupByKey()
+          | "Concat" >> beam.Map(_concat_groups)
           | "WriteShard" >> beam.ParDo(WriteShard(cache_dir, shards))
           | "GroupByTask" >> beam.GroupByKey()
           | "FinishTask" >> beam.ParDo(FinishTask(cache_dir, shards, tiers, default_tier))
@@ -390,8 +402,9 @@ def tokenize(
                      for split in SPLITS for key in ("documents", "tokens")]
       ) | "SumTokens" >> beam.CombinePerKey(sum)
       counts = [
-          inputs | "CountIn" >> beam.combiners.Count.Globally() | "TagIn" >> beam.Map(lambda n: ("in", n)),
-          encoded.kept | "CountKept" >> beam.combiners.Count.Globally() | "TagKept" >> beam.Map(lambda n: ("kept", n)),
+          inputs | "CountIn" >> common.CountAll() | "TagIn" >> beam.Map(lambda n: ("in", n)),
+          encoded.kept | "GroupSizes" >> beam.Map(lambda group: len(group[1]))
+          | "CountKept" >> beam.CombineGlobally(sum) | "TagKept" >> beam.Map(lambda n: ("kept", n)),
           rejects
           | "Reason" >> beam.Map(lambda r: ("dropped." + r["reason"], 1))
           | "CountReasons" >> beam.CombinePerKey(sum),

@@ -284,14 +284,14 @@ def train_tokenizer(
     counts_path = FileSystems.join(tmp_dir, "sample_counts.json")
     with beam.Pipeline(options=options or PipelineOptions()) as p:
       parsed = p | "Read" >> common.ReadDocs(input_path, STAGE)
-      inputs = (parsed.docs, parsed[common.REJECTS_TAG]) | "AllInputs" >> beam.Flatten()
+      inputs = (parsed.docs, parsed[common.REJECTS_TAG])  # Counted apart: common.CountAll.
       sampled = parsed.docs | "Sample" >> SampleDocs(sample_docs)
       kept = sampled if sample_docs is None else sampled.kept
       rejects = [parsed[common.REJECTS_TAG]]
       if sample_docs is not None:
         rejects.append(sampled[common.REJECTS_TAG])
       counts = [
-          inputs | "CountIn" >> beam.combiners.Count.Globally() | "TagIn" >> beam.Map(lambda n: ("in", n)),
+          inputs | "CountIn" >> common.CountAll() | "TagIn" >> beam.Map(lambda n: ("in", n)),
           kept | "CountKept" >> beam.combiners.Count.Globally() | "TagKept" >> beam.Map(lambda n: ("kept", n)),
           rejects
           | "AllRejects" >> beam.Flatten()

@@ -122,11 +122,14 @@ def find_unreadable_files(paths: Iterable[str]) -> list[str]:
   return problems
 
 
-def corrupt_cache_error(error: Exception, paths: Iterable[str]) -> CorruptCacheError:
-  """A ``CorruptCacheError`` for a DataLossError raised while reading the cache files ``paths``."""
+def corrupt_cache_error(error: Exception, paths: Iterable[str], cache: bool = True
+                        ) -> CorruptCacheError:
+  """A ``CorruptCacheError`` for a DataLossError raised while reading the TFRecords ``paths``
+  (``cache``: all of them are token cache files, which pipelines.tokenize can rewrite)."""
+  what, fix = (("the token cache", " Rerun pipelines.tokenize for this data directory.") if cache
+               else ("TFRecord input", ""))
   problems = find_unreadable_files(sorted(set(paths)))
   if problems:
-    return CorruptCacheError("Cannot read the token cache: " + "; ".join(problems) +
-                             ". Rerun pipelines.tokenize for this data directory.")
-  return CorruptCacheError(f"Cannot read the token cache ({error}); every file of "
+    return CorruptCacheError(f"Cannot read {what}: " + "; ".join(problems) + "." + fix)
+  return CorruptCacheError(f"Cannot read {what} ({error}); every file of "
                            f"{len(set(paths))} checked reads to its end.")

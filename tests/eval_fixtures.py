@@ -19,6 +19,26 @@ from pipelines.train_tokenizer import gemma_trainer_spec
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(REPO, "data", "benchmarks")
 
+# lm-eval task configs in lm-eval's own templates (its arc_easy / triviaqa YAMLs), without data
+# files and max_gen_toks: the conformance test and benchmarks/eval_vs_lm_eval.py add those.
+LM_EVAL_ARC_EASY = {"output_type": "multiple_choice", "doc_to_text": "Question: {{question}}\nAnswer:",
+                    "doc_to_target": "{{choices.label.index(answerKey)}}", "doc_to_choice": "{{choices.text}}",
+                    "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]}
+LM_EVAL_TRIVIAQA = {"output_type": "generate_until", "doc_to_text": "Question: {{question}}?\nAnswer:",
+                    "doc_to_target": "{{answer.aliases}}",
+                    "generation_kwargs": {"until": ["\n", ".", ","], "do_sample": False, "temperature": 0.0},
+                    "filter_list": [{"name": "remove_whitespace", "filter": [{"function": "remove_whitespace"},
+                                                                             {"function": "take_first"}]}],
+                    "metric_list": [{"metric": "exact_match"}]}
+
+
+def lm_eval_config(template: dict, max_gen_toks: int, **fields) -> dict:
+  """A copy of template with fields set and, for generation, max_gen_toks."""
+  config = json.loads(json.dumps(template))
+  if "generation_kwargs" in config:
+    config["generation_kwargs"]["max_gen_toks"] = max_gen_toks
+  return {**config, **fields}
+
 
 def _strings(value):
   if isinstance(value, str):
@@ -80,3 +100,21 @@ def train_on_sequences(model, params, sequences, steps: int, bos_id: int, learni
   for _ in range(steps):
     params, state, loss = step(params, state)
   return params, float(loss)
+
+
+def export_trained_tiny(workdir: str, steps: int = 60, max_seq_len: int = 512):
+  """Tokenizer and tiny Gemma trained ``steps`` on the benchmark samples (greedy outputs are text,
+  not near-ties between random logits), exported to ``workdir/hf`` as an HF Gemma with its
+  tokenizer. Returns (tokenizer path, seqio vocabulary, HF directory)."""
+  import seqio
+  from model import evaluate, hf_convert
+  texts = benchmark_texts()
+  tokenizer = train_tokenizer(os.path.join(workdir, "tokenizer.model"), texts)
+  vocab = seqio.SentencePieceVocabulary(tokenizer)
+  model, params = tiny_model(vocab.vocab_size, max_seq_len=max_seq_len)
+  params, _ = train_on_sequences(model, params, [vocab.encode(t)[:96] for t in texts[:64]], steps=steps,
+                                 bos_id=vocab.tokenizer.piece_to_id("<bos>"))
+  hf_dir = os.path.join(workdir, "hf")
+  hf_convert.export_hf(params, model.config, hf_dir)
+  evaluate.export_hf_tokenizer(tokenizer, hf_dir)
+  return tokenizer, vocab, hf_dir

@@ -3,7 +3,7 @@ benchmarks/pipeline_throughput.py on a tiny input (50 documents)."""
 
 import json
 import os
-import re
+import statistics
 import subprocess
 import sys
 
@@ -53,41 +53,56 @@ def test_read_texts_refuses_an_unfinished_directory(tmp_path):
     bench.read_texts(str(tmp_path / "extract"))
 
 
-def test_prints_ratios_against_datatrove(tmp_path):
+def test_pipeline_benchmark_runs_both_sides_on_the_harness(tmp_path):
   pytest.importorskip("datatrove")
   input_dir = str(tmp_path / "extract")
   _write_stage_dir(input_dir)
   out_json = str(tmp_path / "result.json")
+  committed = {f: os.path.getmtime(os.path.join(harness.RESULTS_DIR, f))
+               for f in os.listdir(harness.RESULTS_DIR) if f.startswith("pipeline_")}
   result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.pipeline_throughput", "--num_docs=50",
-       f"--input={input_dir}", f"--work_dir={tmp_path / 'work'}", f"--output_json={out_json}"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+      [sys.executable, "-m", "benchmarks.pipeline_throughput", "--num_docs=50", "--benchmarks=pii,total",
+       "--smoke", "--pairs=2", "--warmup=1", f"--input={input_dir}", f"--work_dir={tmp_path / 'work'}",
+       f"--output_json={out_json}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert committed == {f: os.path.getmtime(os.path.join(harness.RESULTS_DIR, f))  # --output_json: none written.
+                       for f in os.listdir(harness.RESULTS_DIR) if f.startswith("pipeline_")}
   with open(out_json, encoding="utf-8") as f:
     summary = json.load(f)
-  assert summary["num_docs"] == 50
+  pii, total = summary["results"]["pii"], summary["results"]["total"]
+  # Both sides saw the same 50 documents: two of three texts carry an email, one has no sentences.
+  assert pii["counts"] == {"ours": {"docs": 50, "redacted": 34}, "datatrove": {"docs": 50, "redacted": 34}}
+  counts = total["counts"]
+  assert counts["ours"]["signed"] == counts["datatrove"]["signed"] == 50
+  assert counts["ours"]["redacted"] == counts["datatrove"]["redacted"] == 34
+  assert counts["ours"]["kept"] <= 34 and counts["datatrove"]["kept"] <= 34
+  assert counts["ours[no toxicity]"] == {k: v for k, v in counts["ours"].items() if k != "toxic"}
+  assert set(counts["ours[toxicity only]"]) == {"docs", "toxic"}
+  for side in total["sides"].values():  # Every run of a side, warm-up included, counted the same.
+    assert len(side["values"]) == 2 and all(v == side["values"][0] for v in side["warmup_values"] + side["values"])
+  expected = [d / o for d, o in zip(total["sides"]["datatrove"]["cpu_s"], total["sides"]["ours"]["cpu_s"])]
+  assert total["ratios"]["datatrove"]["cpu"]["per_pair"] == pytest.approx(expected)
+  rows = {r["row"]: r for r in summary["rows"]}
+  assert rows["toxicity"]["datatrove"] is None
+  assert rows["pii"]["ours"] == pytest.approx(50 / statistics.median(pii["sides"]["ours"]["cpu_s"]))
+  assert "datatrove/ours CPU per round" in result.stdout and "ratio pipeline_pii cpu ours/datatrove" in result.stdout
 
-  printed = {}
-  for line in result.stdout.splitlines():
-    m = re.match(r"(\S.*?)\s+([\d.]+)\s+([\d.]+|n/a)\s+([\d.]+x|n/a)$", line)
-    if m:
-      printed[m.group(1)] = m.groups()[1:]
-  rows = {"quality", "pii", "minhash", "total (quality+pii+minhash)",
-          "total (all 4 ours vs datatrove's 3)"}
-  assert rows | {"toxicity"} <= set(printed), result.stdout
-  assert printed["toxicity"][1:] == ("n/a", "n/a")  # datatrove has no toxicity step.
-  for row in rows:
-    ours, theirs, ratio = printed[row]
-    assert float(ratio[:-1]) == pytest.approx(float(ours) / float(theirs), rel=0.02, abs=0.01)
 
-  steps = summary["steps"]
-  # Both sides saw the same documents: two of three texts carry an email, one has no sentences.
-  assert steps["ours"]["pii"]["hits"] == steps["datatrove"]["pii"]["hits"] == 34
-  assert steps["ours"]["minhash"]["hits"] == steps["datatrove"]["minhash"]["hits"] == 50
-  assert steps["ours"]["quality"]["hits"] <= 34 and steps["datatrove"]["quality"]["hits"] <= 34
-  # The all-steps total includes toxicity, so it can only be slower than the comparable one.
-  totals = {r["row"]: r["ours"] for r in summary["rows"]}
-  assert totals["total (all 4 ours vs datatrove's 3)"] < totals["total (quality+pii+minhash)"]
+def test_pipeline_benchmark_refuses_sides_that_saw_different_documents():
+  def result(**values):
+    return {"benchmark": "b", "sides": {name: {"warmup_values": [v], "values": [v, v]} for name, v in values.items()}}
+
+  ok = bench.check_counts(result(ours={"docs": 3, "signed": 3}, datatrove={"docs": 3, "signed": 3}), 3)
+  assert ok == {"ours": {"docs": 3, "signed": 3}, "datatrove": {"docs": 3, "signed": 3}}
+  with pytest.raises(SystemExit, match="signed different numbers"):
+    bench.check_counts(result(ours={"docs": 3, "signed": 3}, datatrove={"docs": 3, "signed": 2}), 3)
+  with pytest.raises(SystemExit, match="saw 2 documents, not 3"):
+    bench.check_counts(result(ours={"docs": 2, "kept": 1}, datatrove={"docs": 3, "kept": 1}), 3)
+  flaky = result(ours={"docs": 3, "kept": 1}, datatrove={"docs": 3, "kept": 1})
+  flaky["sides"]["ours"]["values"][1] = {"docs": 3, "kept": 2}
+  with pytest.raises(SystemExit, match="ours's runs disagree"):
+    bench.check_counts(flaky, 3)
 
 
 # ----------------------------------------------------------------------------- the paired harness

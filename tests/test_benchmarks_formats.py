@@ -1,5 +1,7 @@
 """Benchmark formats: metrics, answer extraction, pass@k, few-shot prompts, bad input, the table."""
 
+import collections
+import dataclasses
 import json
 import math
 import os
@@ -124,7 +126,11 @@ def test_bad_files_name_the_file_line_and_field(tmp_path, tokenizer):
 
 def test_every_bundled_sample_registers_as_a_seqio_task(tokenizer):
   vocab = seqio.SentencePieceVocabulary(tokenizer)
-  info = registry.register_benchmark_tasks(vocab, ef.BENCH_DIR)
+  default = registry.register_benchmark_tasks(vocab, ef.BENCH_DIR)
+  assert sorted(i["benchmark"].name for i in default.values()) == sorted(
+      n for n, b in BENCHMARKS.items() if b.default)
+  assert "gf_bench_gsm8k_maj_at_k" not in default  # maj@k runs only when named (paper: maj@1).
+  info = registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, list(BENCHMARKS))
   assert sorted(i["benchmark"].name for i in info.values()) == sorted(BENCHMARKS)
   for name, entry in info.items():
     task = seqio.get_mixture_or_task(name)
@@ -173,23 +179,205 @@ def test_checkpoint_tokenizer_mismatch_is_a_clear_error(tmp_path, tokenizer):
     evaluate.check_tokenizer(config, vocab, tokenizer, "ck", {"bos_token_id": 5, "eos_token_id": 1})
 
 
-def test_one_command_writes_json_markdown_and_html(tmp_path, tokenizer):
-  vocab = seqio.SentencePieceVocabulary(tokenizer)
-  model, params = ef.tiny_model(vocab.vocab_size)
-  hf_convert.export_hf(params, model.config, str(tmp_path / "hf"))
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+  """The tiny model with random weights, for the tokenizer's vocabulary."""
+  return ef.tiny_model(seqio.SentencePieceVocabulary(tokenizer).vocab_size)
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory, tiny):
+  """The tiny model exported as an HF Gemma directory."""
+  model, params = tiny
+  path = tmp_path_factory.mktemp("ckpt") / "hf"
+  hf_convert.export_hf(params, model.config, str(path))
+  return path
+
+
+def test_run_refuses_a_checkpoint_of_another_tokenizer_before_any_model_work(tmp_path, tokenizer, hf_checkpoint):
+  import shutil
+  other = tmp_path / "other"  # The same weights, but a config.json of other special ids.
+  shutil.copytree(hf_checkpoint, other)
+  config = json.loads((other / "config.json").read_text())
+  config["bos_token_id"] = 5
+  (other / "config.json").write_text(json.dumps(config))
+  with pytest.raises(evaluate.CheckpointTokenizerMismatch,
+                     match=rf"{other / 'config.json'} field bos_token_id is 5 but tokenizer {tokenizer} has bos = 2"):
+    evaluate.run_benchmarks(checkpoint=str(other), tokenizer=tokenizer, output_dir=str(tmp_path / "out"),
+                            benchmarks=["piqa"], limit=1)
+  assert not (tmp_path / "out").exists()
+  with pytest.raises(FileNotFoundError, match=f"tokenizer {tmp_path / 'none.model'} does not exist"):
+    evaluate.run_benchmarks(checkpoint=str(other), tokenizer=str(tmp_path / "none.model"),
+                            output_dir=str(tmp_path / "out"))
+
+
+def test_one_command_writes_json_markdown_and_html(tmp_path, tokenizer, hf_checkpoint):
   gin_utils.parse_gin(["gin/runs/benchmarks.gin"], [
-      f"CHECKPOINT = '{tmp_path / 'hf'}'", f"TOKENIZER = '{tokenizer}'", f"OUTPUT_DIR = '{tmp_path / 'out'}'",
-      "BENCHMARKS = ['piqa', 'bbh']", "EVAL_LIMIT = 3"])
+      f"CHECKPOINT = '{hf_checkpoint}'", f"TOKENIZER = '{tokenizer}'", f"OUTPUT_DIR = '{tmp_path / 'out'}'",
+      "BENCHMARKS = ['piqa', 'bbh', 'gsm8k_maj_at_k']", "EVAL_LIMIT = 3", "run_benchmarks.max_length = 384",
+      "SAMPLES = {'gsm8k_maj_at_k': 3}", "TEMPERATURE = {'gsm8k_maj_at_k': 1.0}"])
   try:
-    rows = evaluate.run_benchmarks()
+    with pytest.MonkeyPatch.context() as mp:  # Short generations: the model is random.
+      for name in registry.GROUPS["bbh"].subtasks + ("gsm8k_maj_at_k",):
+        mp.setitem(registry.BENCHMARKS, name, dataclasses.replace(BENCHMARKS[name], max_gen_toks=8))
+      rows = evaluate.run_benchmarks()
   finally:
     import gin
     gin.clear_config()
   results = json.loads((tmp_path / "out" / "results.json").read_text())
-  assert [r["benchmark"] for r in results["benchmarks"]] == ["piqa", "bbh"] == [r["benchmark"] for r in rows]
+  names = ["piqa", "bbh_boolean_expressions", "bbh_web_of_lies", "gsm8k_maj_at_k", "bbh"]
+  assert [r["benchmark"] for r in results["benchmarks"]] == names == [r["benchmark"] for r in rows]
   piqa = results["benchmarks"][0]
   assert piqa["paper_2b"] == BENCHMARKS["piqa"].paper[0] and piqa["num_examples"] == 3
   assert piqa["ci95"][0] <= piqa["score"] <= piqa["ci95"][1]
+  bbh = results["benchmarks"][-1]  # The group: the mean of its sub-tasks, the paper's figures.
+  assert bbh["score"] == pytest.approx((rows[1]["score"] + rows[2]["score"]) / 2)
+  assert bbh["num_examples"] == 6 and bbh["paper_7b"] == registry.GROUPS["bbh"].paper[1]
+  assert rows[1]["num_shots"] == 3 and rows[1]["paper_7b"] is None
   table = (tmp_path / "out" / "results.md").read_text()
   assert "| piqa | 0-shot, acc_norm, plain template |" in table and "arXiv:2403.08295" in table
-  assert "<td>bbh</td>" in (tmp_path / "out" / "results.html").read_text()
+  assert "| bbh | 3-shot, bbh_cot, mean of 2 sub-tasks |" in table
+  assert "| gsm8k_maj_at_k | 8-shot, gsm8k_strict, k=3, temperature 1, plain template |" in table
+  assert "<td>bbh_web_of_lies</td>" in (tmp_path / "out" / "results.html").read_text()
+
+
+# ---- AGIEval and BBH few-shot, sub-task groups ----
+
+
+def test_bbh_is_three_shot_chain_of_thought_from_the_cot_prompts_file(tokenizer):
+  vocab = seqio.SentencePieceVocabulary(tokenizer)
+  info = registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, ["bbh"])  # The group: its sub-tasks.
+  assert list(info) == [registry.TASK_PREFIX + n for n in registry.GROUPS["bbh"].subtasks]
+  assert len(info) >= 2
+  for task_name, entry in info.items():
+    task = task_name[len(registry.TASK_PREFIX + "bbh_"):]
+    prompt_file = os.path.join(ef.BENCH_DIR, "bbh", "cot-prompts", f"{task}.txt")
+    with open(prompt_file) as f:
+      description = f.read().split("\n-----\n")[-1].split("\n\n")[0]
+    assert entry["num_shots"] == 3
+    for request, doc in zip(entry["requests"], entry["records"]):
+      # lm-eval's bbh cot_fewshot: description, the 3 exemplars in file order, the question.
+      assert request.context.startswith(description + "\n\nQ: ")
+      assert request.context.count("A: Let's think step by step.\n") == 4
+      assert request.context.endswith(f"Q: {doc['input']}\nA: Let's think step by step.\n")
+      assert request.context.count("So the answer is ") == 3
+    # The same exemplars for every example (first_n), even with the seeded sampler asked for.
+    heads = {r.context[:r.context.rindex("\n\nQ: ")] for r in entry["requests"]}
+    assert len(heads) == 1
+
+
+def test_bbh_answer_extraction_matches_lm_eval_regex_filter():
+  import yaml
+  import lm_eval
+  from lm_eval.filters.extraction import RegexFilter
+  template = os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "bbh", "cot_fewshot",
+                          "_cot_fewshot_template_yaml")
+  with open(template) as f:
+    config = yaml.safe_load(f)
+  pattern = config["filter_list"][0]["filter"][0]["regex_pattern"]
+  theirs = RegexFilter(regex_pattern=pattern)
+  outputs = ["Z = True. So the answer is True.", "so the answer is (B). Also the answer is (C).",
+             "We know that Eli lies. So the answer is No", "no conclusion", "the answer is  Yes ."]
+  got = [generation.extract_bbh_answer(o) for o in outputs]
+  assert got == [r[0] for r in theirs.apply([[o] for o in outputs], [{}] * len(outputs))]
+  assert got[:3] == ["True", "(B). Also the answer is (C)", "N"] and got[3] == generation.NO_MATCH
+  target = {"extractors": ["bbh_cot"], "normalize": "strip", "answers": ["No"]}
+  assert generation.per_example_scores([target] * 2, [["... So the answer is No."], ["the answer is Yes."]]) == {
+      "bbh_cot": [1.0, 0.0]}
+
+
+def test_agieval_is_few_shot_from_the_few_shot_prompts_csv(tokenizer):
+  import ast
+  import csv
+  vocab = seqio.SentencePieceVocabulary(tokenizer)
+  info = registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, ["agieval"])
+  assert len(info) >= 2
+  with open(os.path.join(ef.BENCH_DIR, "agieval", "few_shot_prompts.csv"), newline="") as f:
+    rows = list(csv.reader(f))
+  shots_seen = set()
+  for entry in info.values():
+    bench = entry["benchmark"]
+    column = rows[0].index(bench.fewshot_column)
+    demos = [ast.literal_eval(r[column]) for r in rows[1::2] if r[column]]  # Example rows, not explanations.
+    assert entry["num_shots"] == len(demos)  # Every demonstration of the task (AGIEval's 3-5-shot).
+    shots_seen.add(len(demos))
+    request = entry["requests"][0]
+    positions = [request.context.index(d["passage"]) for d in demos]
+    assert positions == sorted(positions)  # In file order, before the question.
+    for d in demos:  # Each exemplar is answered with its gold option's text.
+      gold = d["options"]["ABCDE".index(d["label"])][3:]
+      assert f"Question: {d['question']}\nAnswer: {gold}\n\n" in request.context
+    assert request.context.endswith(entry["records"][0]["question"] + "\nAnswer:")
+  assert shots_seen == {3, 5}
+
+
+def test_group_score_is_the_mean_of_its_sub_tasks():
+  group = registry.GROUPS["agieval"]
+  per = {group.subtasks[0]: [1.0, 1.0, 0.0, 1.0], group.subtasks[1]: [0.0, 0.0]}
+  rows = [{"benchmark": name, "score": float(np.mean(v)), "num_examples": len(v), "num_shots": s,
+           "seconds": 1.0} for (name, v), s in zip(per.items(), (3, 5))]
+  row, = evaluate.group_rows(rows, per)
+  assert row["benchmark"] == "agieval" and row["score"] == pytest.approx((0.75 + 0.0) / 2)
+  assert row["num_examples"] == 6 and row["setting"].startswith("3-5-shot")
+  assert row["ci95"][0] <= row["score"] <= row["ci95"][1]
+  assert (row["paper_2b"], row["paper_7b"]) == group.paper
+  assert evaluate.group_rows(rows[:1], per) == []  # Not all sub-tasks ran: no group figure.
+
+
+def test_bad_few_shot_prompt_files_name_the_file_and_field(tmp_path, tokenizer):
+  vocab = seqio.SentencePieceVocabulary(tokenizer)
+  no_cot = tmp_path / "web_of_lies.txt"
+  no_cot.write_text("A task.\n\nQ: Does Ann lie?\nA: No.\n")
+  with pytest.raises(BenchmarkDataError, match=r"web_of_lies.txt: exemplar 1 is not 'Q: <input>"):
+    registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, ["bbh_web_of_lies"],
+                                      files={"bbh_web_of_lies.fewshot": str(no_cot)})
+  csv_path = os.path.join(ef.BENCH_DIR, "agieval", "few_shot_prompts.csv")
+  with pytest.raises(BenchmarkDataError, match=r"5-shot needs 5 exemplars but agieval_sat_en's few-shot file "
+                                               r".*few_shot_prompts.csv has 3"):
+    registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, ["agieval_sat_en"], {"agieval_sat_en": 5})
+  wrong = tmp_path / "prompts.csv"
+  wrong.write_text("lsat-ar\n\"{'passage': 'p'}\"\n")
+  with pytest.raises(BenchmarkDataError, match=r"prompts.csv: no column 'sat-en'"):
+    registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, ["agieval_sat_en"],
+                                      files={"agieval_sat_en.fewshot": str(wrong)})
+  wrong.write_text("sat-en\n\"{'passage': 'p', 'question': 'q', 'options': ['(A)x']}\"\n")
+  with pytest.raises(BenchmarkDataError, match=r"prompts.csv row 1 column 'sat-en': missing field 'label'"):
+    registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, ["agieval_sat_en"], {"agieval_sat_en": 1},
+                                      files={"agieval_sat_en.fewshot": str(wrong)})
+  flat = tmp_path / "web_of_lies.json"  # BBH's bbh/<task>.json is {"examples": [...]}, not a list.
+  flat.write_text(json.dumps([{"input": "Does Ann lie?", "target": "No"}]))
+  with pytest.raises(BenchmarkDataError, match=r"web_of_lies.json: expected an object with a 'examples' list"):
+    registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, ["bbh_web_of_lies"], files={"bbh_web_of_lies": str(flat)})
+  with pytest.raises(ValueError, match=r"unknown benchmark 'bbh_nope'.*groups: \['agieval', 'bbh'\]"):
+    registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, ["bbh_nope"])
+
+
+# ---- maj@k ----
+
+
+def test_maj_at_k_samples_k_distinct_completions_and_votes(tokenizer, tiny):
+  vocab = seqio.SentencePieceVocabulary(tokenizer)
+  model, params = tiny
+  lm = evaluate.LanguageModel(model, params, vocab, batch_size=2)
+  name, k = "gsm8k_maj_at_k", 5
+  with pytest.raises(ValueError, match="temperature above 0"):
+    registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, [name], temperature={name: 0.0})
+
+  def run(seed, samples):
+    with pytest.MonkeyPatch.context() as mp:  # A random model: short generations are enough.
+      mp.setitem(registry.BENCHMARKS, name, dataclasses.replace(BENCHMARKS[name], max_gen_toks=12))
+      info = registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, [name], {name: 1}, limit=2,
+                                               samples={name: samples}, temperature={name: 1.5})
+      (task_name, entry), = info.items()
+      return evaluate.evaluate_task(lm, task_name, entry, seed=seed, log=lambda *_: None)
+
+  result = run(seed=0, samples=k)
+  for outputs in result["outputs"]:
+    assert len(outputs) == k and len(set(outputs)) > 1  # k samples, not one greedy output k times.
+  for name_ in BENCHMARKS[name].extractors:  # The scored answer is the vote over the k answers.
+    for outputs, voted in zip(result["outputs"], result["extracted"][name_]):
+      answers = [generation.EXTRACTORS[name_](o) for o in outputs]
+      counts = collections.Counter(answers)
+      assert counts[voted] == max(counts.values()) and voted == next(a for a in answers if counts[a] == counts[voted])
+  assert run(seed=0, samples=k)["outputs"] == result["outputs"]  # Seeded: the same samples again.
+  assert run(seed=1, samples=k)["outputs"] != result["outputs"]

@@ -7,6 +7,7 @@ token shards, rerunning the data stages gives byte-identical outputs, and traini
 import filecmp
 import glob
 import json
+import math
 import os
 import sys
 
@@ -55,7 +56,7 @@ def _pages(manifest):
 
 
 def test_every_stage_accounts_for_every_record(demo_run):
-  _, summary = demo_run
+  work_dir, summary = demo_run
   for stage, stats in summary["stages"].items():
     assert stats["in"] == stats["kept"] + sum(stats["dropped"].values()), stage
   # Each document stage reads exactly what the previous one kept; the tokenizer and the tokenize
@@ -65,7 +66,16 @@ def test_every_stage_accounts_for_every_record(demo_run):
   for before, after in zip(order, order[1:]):
     assert stages[after]["in"] == stages[before]["kept"]
   assert stages["train_tokenizer"]["in"] == stages["tokenize"]["in"] == stages["dedupe"]["kept"]
-  assert stages["tokenize"]["train_tokens"] > 0 and stages["tokenize"]["validation_tokens"] > 0
+  assert stages["tokenize"]["train_tokens"] == _cache_tokens(work_dir, "train") > 0
+  assert stages["tokenize"]["validation_tokens"] == _cache_tokens(work_dir, "validation") > 0
+
+
+def _cache_tokens(work_dir, split):
+  """Target tokens actually in the split's token cache shards (what the stats must count)."""
+  paths = glob.glob(os.path.join(work_dir, "data", "cache", "*", f"{split}.tfrecord-*"))
+  assert paths, split
+  return sum(len(tf.train.Example.FromString(record.numpy()).features.feature["targets"].int64_list.value)
+             for path in paths for record in tf.data.TFRecordDataset(path))
 
 
 def test_planted_pii_never_reaches_token_shards(demo_run, manifest):
@@ -188,10 +198,18 @@ def test_data_stages_are_byte_identical_on_rerun(demo_run, tmp_path):
 
 
 def test_training_loss_falls_and_eval_reports_perplexity(demo_run):
-  _, summary = demo_run
+  import sentencepiece as spm
+
+  work_dir, summary = demo_run
   train = summary["train"]
   assert train["last_step"] > train["first_step"]
   assert train["last_loss"] < 0.8 * train["first_loss"]
-  for result in summary["eval"]["results"].values():
-    assert result["perplexity"] > 1.0
+  vocab_size = spm.SentencePieceProcessor(
+      model_file=os.path.join(work_dir, "tokenizer", "tokenizer.model")).get_piece_size()
+  uniform_loss = math.log(vocab_size)  # What a model that learnt nothing scores at best.
+  for task, result in summary["eval"]["results"].items():
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-3), task
+    # Held-out text: well below a uniform guess and below the run's own first training step.
+    assert result["loss"] < 0.8 * uniform_loss, (task, result, vocab_size)
+    assert result["perplexity"] < 0.5 * math.exp(train["first_loss"]), (task, result, train)
   assert summary["sample"]["completion"].strip()

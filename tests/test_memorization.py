@@ -80,9 +80,14 @@ def test_planted_documents_are_memorized_and_non_members_are_not(tmp_path):
   assert non["documents"] == 4 and non["approximate"] == 0
   assert "m0" in members_web["memorized_ids"]  # Its continuation holds the planted address...
   assert members_web["pii_in_memorized"] == {pii.EMAIL: 1}  # ...which the PII detectors find.
-  assert (tmp_path / "out" / "memorization.png").read_bytes()[:4] == b"\x89PNG"
+  assert (tmp_path / "out" / "memorization.svg").read_text().startswith("<svg")
   saved = json.loads((tmp_path / "out" / "memorization.json").read_text())
   assert saved["members"]["per_source"]["web"]["exact"] == members_web["exact"]
+  # The data report reads what was written: rates table, both plots, the planted email's type.
+  from pipelines import report as data_report
+  section = data_report.memorization_section(
+      data_report.read_memorization(str(tmp_path / "out" / "memorization.json")))
+  assert section.count("<svg") == 2 and f"<td>{pii.EMAIL}</td>" in section
 
 
 def test_sampling_is_by_hash_and_edit_distance_is_levenshtein():

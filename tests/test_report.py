@@ -274,3 +274,88 @@ def test_rerun_is_byte_identical_and_cli_writes_it(work_dir, tmp_path):
 def test_missing_work_dir_is_an_error(tmp_path):
   with pytest.raises(report.ReportError, match="does not exist or is empty"):
     report.build_report(str(tmp_path / "nope"))
+
+
+# ----------------------------------------------------------------------------- memorization
+
+from pipelines import pii  # noqa: E402
+
+# source -> (documents, exact, approximate) per membership; PII types in memorized continuations.
+MEMORIZED = {"members": {"docs": (10, 3, 6), "web": (8, 1, 2)},
+             "non_members": {"docs": (10, 0, 1), "web": (8, 0, 0)}}
+MEMORIZED_PII = {"docs": {pii.EMAIL: 3, pii.PHONE: 1}, "web": {pii.EMAIL: 1}}
+
+
+def write_memorization(work_dir):
+  report = {"checkpoint": "ck/300", "num_docs": 10, "prefix_len": 50, "suffix_len": 50,
+            "token_shares": {"docs": 0.75, "web": 0.25}}
+  for key, per_source in MEMORIZED.items():
+    rows = {s: {"documents": n, "exact": e, "approximate": a, "exact_rate": e / n,
+                "approximate_rate": a / n, "memorized_ids": [],
+                "pii_in_memorized": MEMORIZED_PII[s] if key == "members" else {}}
+            for s, (n, e, a) in per_source.items()}
+    total = {r: 0.75 * rows["docs"][r] + 0.25 * rows["web"][r] for r in ("exact_rate", "approximate_rate")}
+    report[key] = {"per_source": rows, "total": total}
+  write_json(work_dir / "memorization" / "memorization.json", report)
+  return report
+
+
+def bar_sizes(svg, prefix):
+  """{bar id suffix: (width, height)} of the bars whose SVG group id starts with ``prefix``."""
+  sizes = {}
+  for gid, d in re.findall(rf'<g id="{prefix}([^"]+)">\s*<path d="([^"]+)"', svg):
+    xs, ys = zip(*[(float(x), float(y)) for x, y in re.findall(r"([-\d.]+) ([-\d.]+)", d)])
+    sizes[gid] = (max(xs) - min(xs), max(ys) - min(ys))
+  return sizes
+
+
+def test_memorization_plots_show_the_rates_and_pii(work_dir):
+  report_json = write_memorization(work_dir)
+  page = build(work_dir)
+  mem = section(page, "memorization")
+  assert mem.count("<svg") == 2
+  heights = {gid: h for gid, (_, h) in bar_sizes(mem, "memorization-rates-bar-").items()}
+  sources = sorted(MEMORIZED["members"]) + ["total"]
+  expected = {}
+  for key in MEMORIZED:
+    for i, source in enumerate(sources):
+      part = report_json[key]["total"] if source == "total" else report_json[key]["per_source"][source]
+      for rate in ("exact", "approximate"):
+        expected[f"{key}-{rate}-{i}"] = part[f"{rate}_rate"]
+  assert set(heights) == set(expected)  # One bar per (membership, rate, source), total included.
+  scale = heights["members-approximate-0"] / expected["members-approximate-0"]
+  for gid, rate in expected.items():  # Heights proportional to the rates.
+    assert heights[gid] == pytest.approx(rate * scale, abs=0.05), gid
+  assert heights["members-exact-0"] > heights["members-exact-1"] > heights["non_members-exact-0"] == 0
+  # Members beside the control, table rows in percent.
+  assert "<tr><td>docs</td><td>10</td><td>30.0%</td><td>60.0%</td><td>10</td><td>0.0%</td><td>10.0%</td></tr>" in mem
+  assert "<td>total (token-weighted)</td><td>–</td><td>" in mem
+  widths = {gid: w for gid, (w, _) in bar_sizes(mem, "memorization-pii-pii-").items()}
+  counts = {f"{s}-{t}": n for s, types in MEMORIZED_PII.items() for t, n in types.items()}
+  unit = widths[f"docs-{pii.EMAIL}"] / 3
+  for gid, n in counts.items():
+    assert widths[gid] == pytest.approx(n * unit, abs=0.05), gid
+  assert f"<tr><td>docs</td><td>{pii.EMAIL}</td><td>3</td></tr>" in mem
+
+
+def test_memorization_not_run_and_malformed(work_dir, page):
+  assert "memorization/memorization.json: memorization stage not run." in section(page, "memorization")
+  report_json = write_memorization(work_dir)
+  report_json["members"]["per_source"]["web"]["exact_rate"] = 0.5
+  write_json(work_dir / "memorization" / "memorization.json", report_json)
+  with pytest.raises(report.ReportError, match=r"memorization.json: members.per_source.web: key "
+                                               r"'exact_rate' is 0.5 but exact/documents is 1/8"):
+    build(work_dir)
+  report_json["members"]["per_source"]["web"]["exact_rate"] = 1 / 8
+  del report_json["non_members"]
+  write_json(work_dir / "memorization" / "memorization.json", report_json)
+  with pytest.raises(report.ReportError, match="memorization.json: missing key 'non_members'"):
+    build(work_dir)
+
+
+def test_run_report_shows_the_memorization_plots(work_dir, tmp_path):
+  from workflow import report as run_report
+  write_memorization(work_dir)
+  page = run_report.build(str(work_dir), str(tmp_path))
+  assert page.count('<section id="memorization">') == 1
+  assert section(page, "memorization").count("<svg") == 2

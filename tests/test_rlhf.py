@@ -92,3 +92,28 @@ def test_reference_with_another_config_is_a_clear_error(chain, tmp_path):
   other = gin_utils.build_model("tiny", data_dir=chain["data"], dtype="float32", config_overrides={"hidden_dim": 96})
   with pytest.raises(ValueError, match="another model config"):
     _run(chain, tmp_path / "bad", 1, model=other)
+
+
+def test_ppo_gradient_accumulation_equals_the_whole_batch():
+  """NUM_MICROBATCHES for the policy update: microbatches with unequal response lengths
+  (rows 0, 2 long; 1, 3 short) accumulate to the whole batch's gradient of PPO's token-mean loss
+  (each microbatch weighted by its tokens; RLOO's row mean by its rows)."""
+  from model.config import get_config
+  from model.models import DecoderOnlyModel
+  from model.train import Trainer
+  rl = rlhf.RLConfig(algorithm="ppo")
+  objective = rlhf.PolicyObjective(DecoderOnlyModel(get_config("tiny", dtype="float32")), rl)
+  params = objective.init_params(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  lengths = np.array([6, 1, 5, 2])
+  mask = (np.arange(6)[None] < lengths[:, None]).astype(np.float32)
+  batch = {"prompts": rng.integers(3, 200, (4, 5)).astype(np.int32),
+           "responses": (rng.integers(3, 200, (4, 6)) * mask).astype(np.int32), "response_mask": mask,
+           "advantages": rng.normal(size=4).astype(np.float32),
+           "old_log_probs": (np.log(1 / 256) + 0.3 * rng.normal(size=(4, 6))).astype(np.float32)}
+  grads = {}
+  for n in (1, 2):
+    trainer = Trainer(objective, create_optimizer("adamw"), Partitioner(), n)
+    grads[n], _ = jax.jit(trainer._grads)(params, batch, jax.random.PRNGKey(1))
+  for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[2])):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-5, atol=1e-7)

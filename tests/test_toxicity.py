@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -204,3 +205,46 @@ def test_word_caches_are_bounded():
   toxicity._word_features.cache_clear()
   toxicity.score(" ".join(f"w{i}x" for i in range(3000)))
   assert toxicity._word_features.cache_info().currsize == 3000
+
+
+def _template_regex(template: str) -> re.Pattern:
+  """What ``toxicity_data`` can make of one template, masked and re-cased forms included."""
+  fill = {"adj": "|".join(map(re.escape, toxicity_data._ADJECTIVES)),
+          "insult": "|".join(map(re.escape, toxicity_data._INSULTS))}
+  parts = re.split(r"\{(adj|insult)\}", template)
+  pattern = "".join(f"(?:{fill[p]})" if i % 2 else re.escape(p) for i, p in enumerate(parts))
+  return re.compile(pattern, re.I)
+
+
+def test_independent_toxic_set_is_not_made_by_the_training_generator():
+  from pipelines.labelled import toxicity_independent as independent
+
+  texts = independent.TOXIC
+  assert len(set(texts)) == len(texts) >= 80
+  generated = [_template_regex(t) for t in toxicity_data._TOXIC_TRAIN + toxicity_data._TOXIC_EVAL]
+  assert generated[0].fullmatch(toxicity_data._TOXIC_TRAIN[0].format(adj="STUPID", insult="moron"))
+  # The generator only masks listed words, so unmasking with the detector's own normalisation
+  # must not turn a text into a template's output either.
+  for text in texts:
+    plain = " ".join(toxicity.tokens(text))
+    assert not any(r.fullmatch(text) or r.fullmatch(plain) for r in generated), text
+  fixed = set(toxicity_data._HARD_TOXIC_TRAIN + toxicity_data._HARD_TOXIC_EVAL +
+              toxicity_data._OTHER_LANGS_TOXIC + toxicity_data._MILD_ASIDES)
+  assert not fixed & set(texts)
+  share = sum(map(independent.unlisted, texts)) / len(texts)
+  assert share >= independent.MIN_UNLISTED, share
+  # The check itself: a listed word, even obfuscated as the training generator does it, counts.
+  assert not independent.unlisted("You are a f*cking idiot.") and independent.unlisted("You clown.")
+  # Italian, Dutch and Portuguese abuse is there, and no word list covers those languages.
+  assert {"Vaffanculo, brutto stronzo.", "Rot op, stomme trut.", "Morre, desgraçado."} <= set(texts)
+  assert not {"it.txt", "nl.txt", "pt.txt"} & set(os.listdir(toxicity.WORDS_DIR))
+
+
+def test_independent_clean_sentences_are_new_to_the_classifier():
+  from pipelines.labelled import toxicity_independent as independent
+
+  used = set(independent.sentences.TRAIN_MODULES + independent.sentences.EVAL_MODULES)
+  assert not used & set(independent.CLEAN_MODULES)
+  clean = [t for where, t in independent.clean_paragraphs(pages=1) if where == "stdlib docstrings"]
+  assert len(clean) >= 200
+  assert not set(clean) & set(sentences.sentences(sentences.TRAIN_MODULES + sentences.EVAL_MODULES))

@@ -1,10 +1,13 @@
 """Progress of a running stage: a tqdm bar on a terminal, plain timestamped lines in a log.
 
 A stage's progress is read from its own output as it runs: the trainer prints
-``step N/TOTAL | ...`` lines (model/train.py), which give steps done and an ETA. A Beam job
-prints no per-document progress, so for it the total is the documents its input holds (the
-upstream stage's ``kept``), and the ETA is the time the same stage took on the last run of this
-run dir, if there was one; the documents done are known when it finishes (its stats.json).
+``step N/TOTAL | ...`` lines (model/train.py), which give steps done and an ETA. A Beam job's
+reader prints ``progress <stage> docs <n> worker <pid>`` lines (pipelines.common.count_progress):
+each worker process counts the documents it has read, so the documents done are the sum of the
+latest count of every worker, the total is what the upstream stage kept, and the ETA comes from
+the rate so far. A job that prints neither (extract, which reads WARCs) falls back to the time the
+same stage took on the last run of this run dir; its documents done are known when it finishes
+(its stats.json).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import time
 from typing import Callable, TextIO
 
 STEP_LINE = re.compile(r"^step (\d+)/(\d+) \|")
+# pipelines.common.progress_line; searched, not matched: worker processes share the job's output.
+DOCS_LINE = re.compile(r"\bprogress (\S+) docs (\d+) worker (\S+)")
 PLAIN_INTERVAL_S = 15.0  # Plain lines: at most one per this many seconds per stage.
 
 
@@ -40,6 +45,8 @@ class StageProgress:
     self.on_update = on_update
     self.start = time.time()
     self.done: int | None = None
+    self._worker_docs: dict[str, int] = {}  # Latest documents read by each Beam worker.
+    self._docs_stage: str | None = None  # The first stage a Beam job reported (the reader's).
     self._last_plain = 0.0
     self._bar = None
     if use_bar is None:
@@ -85,6 +92,14 @@ class StageProgress:
     match = STEP_LINE.match(line)
     if match:
       self.update(int(match.group(1)), int(match.group(2)))
+      return
+    match = DOCS_LINE.search(line)
+    if match:
+      stage, docs, worker = match.group(1), int(match.group(2)), match.group(3)
+      self._docs_stage = self._docs_stage or stage
+      if stage == self._docs_stage:  # The fused filter job also reports its later stages.
+        self._worker_docs[worker] = max(docs, self._worker_docs.get(worker, 0))
+        self.update(sum(self._worker_docs.values()))
 
   def update(self, done: int, total: int | None = None) -> None:
     if total is not None:

@@ -3,10 +3,10 @@
     python -m workflow.report --run_dir=out/demo --output=out/demo/report/report.html
 
 It is the data report of ``pipelines.report`` (funnel, drop reasons, tokens per source, lengths,
-mixture schedule, tokenizer; its sections are reused, not copied) with the rest of the run around
-it: the stages with their timings, status and links to their stats and logs, the training and
-post-training curves read from the TensorBoard event files the trainer writes, the evaluation
-table, memorization rates where that stage ran, and the model's sample. Plots are inline SVG and
+mixture schedule, tokenizer, memorization rates and memorized PII where that stage ran; its
+sections are reused, not copied) with the rest of the run around it: the stages with their
+timings, status and links to their stats and logs, the training and post-training curves read
+from the TensorBoard event files the trainer writes, the evaluation table and the model's sample. Plots are inline SVG and
 nothing is fetched, so the page can be attached to a CI run or mailed. A stage that has not run is
 said so; it never fails the page.
 """
@@ -139,7 +139,7 @@ def eval_section(run_dir: str, states: dict[str, dict]) -> str:
 
 
 def json_stage_section(run_dir: str, states: dict[str, dict], stage: str) -> str:
-  """The scalar results of a stage that writes JSON (benchmarks, memorization), as a table."""
+  """The scalar results of a stage that writes JSON (benchmarks, reward model, RLHF), as a table."""
   if stage not in states:
     return data_report.missing(f"{stage}: stage not in this run.")
   out = runner.output_path(run_dir, stage)
@@ -230,12 +230,11 @@ def build(run_dir: str, page_dir: str) -> str:
   if data.sources is not None and os.path.exists(schedule_path):
     schedule = data_report.read_schedule(schedule_path, data.sources)
   sections = [("stages", "Stages and timings", stages_section(run_dir, states, page_dir))]
-  sections += data_report.data_sections(data, schedule)
+  sections += data_report.data_sections(data, schedule)  # Memorization plots included.
   sections += [
       ("training", "Training and post-training curves", training_section(run_dir, states)),
       ("eval", "Evaluation", eval_section(run_dir, states)),
       ("benchmarks", "Benchmark evaluation", json_stage_section(run_dir, states, "benchmarks")),
-      ("memorization", "Memorization", json_stage_section(run_dir, states, "memorization")),
       ("sample", "Sample", sample_section(run_dir, states)),
       ("reward_model", "Reward model (held-out accuracy vs the length baseline)",
        json_stage_section(run_dir, states, "reward_model")),

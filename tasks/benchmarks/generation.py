@@ -102,8 +102,14 @@ def nq_answers(doc) -> list[str]:
   return list(doc["answer"])
 
 
-def bbh_text(doc) -> str:
-  return f"Q: {doc['input']}\nA:"
+BBH_ANSWER = re.compile(r"(?<=the answer is )(.*)(?=.)")  # lm-eval's bbh cot get-answer filter.
+
+
+def extract_bbh_answer(text: str) -> str:
+  """The text after the first "the answer is ", without its last character (the full stop),
+  stripped (lm-eval's regex filter, first match)."""
+  match = BBH_ANSWER.search(text)
+  return match.group(1).strip() if match else NO_MATCH
 
 
 def bbh_target(doc) -> str:
@@ -146,7 +152,8 @@ EXTRACTORS: dict[str, Callable[[str], str]] = {
     "gsm8k_strict": extract_gsm8k_strict,
     "gsm8k_flexible": extract_gsm8k_flexible,
     "boxed": extract_boxed,
-    "exact_match": lambda text: text.lstrip(),  # lm-eval's remove_whitespace filter.
+    "bbh_cot": extract_bbh_answer,
+    "exact_match": lambda text: text.strip(),  # lm-eval's remove_whitespace filter (both ends).
 }
 NORMALIZERS: dict[str, Callable[[str], str]] = {
     "number": clean_number,

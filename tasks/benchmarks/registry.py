@@ -6,6 +6,11 @@ evaluation and few-shot splits, which fields a record must have, the format
 paper's Gemma 2B / 7B scores (Gemma Team, "Gemma: Open Models Based on Gemini Research and
 Technology", arXiv:2403.08295, Table 6), shown next to ours for reference only.
 
+AGIEval and BBH are groups (``GROUPS``): one benchmark per sub-task, few-shot from the release's
+prompt files (AGIEval's ``few_shot_prompts.csv``, BBH's ``cot-prompts/<task>.txt``), the group's
+score the mean over its sub-tasks. ``gsm8k_maj_at_k`` / ``math_maj_at_k`` sample k answers at a
+temperature and score their majority (run only when named: the paper's default is maj@1).
+
 ``register_benchmark_tasks`` registers one seqio Task ``gf_bench_<name>`` per benchmark whose
 rows are lm-eval requests already tokenized the way lm-eval's HF backend does it (``encode_pair``),
 with the format's metric function (``score_metric_fns`` for log-likelihood tasks,
@@ -24,6 +29,7 @@ import seqio
 import tensorflow as tf
 
 from tasks.benchmarks import code, fewshot, generation, multiple_choice as mc
+from tasks.benchmarks import files as files_lib
 from tasks.benchmarks.files import BenchmarkDataError, read_records
 from tasks.special_tokens import special_tokens
 
@@ -31,6 +37,7 @@ MULTIPLE_CHOICE = "multiple_choice"
 GENERATE_UNTIL = "generate_until"
 CODE = "code"
 TASK_PREFIX = "gf_bench_"
+RECORDS, BBH_COT_PROMPTS, AGIEVAL_CSV = "records", "bbh_cot_prompts", "agieval_csv"
 DEFAULT_DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "data", "benchmarks")
 
@@ -57,15 +64,60 @@ class Benchmark:
   target_delimiter: str = " "
   max_gen_toks: int = 256
   samples: int = 1                    # k of maj@k / n of pass@k.
+  temperature: float = 0.0            # Sampling temperature when samples > 1.
   program: Optional[Callable] = None  # code: (record, completion) -> program.
   records_key: Optional[str] = None
+  fewshot_format: str = RECORDS       # RECORDS, BBH_COT_PROMPTS or AGIEVAL_CSV.
+  fewshot_column: Optional[str] = None  # AGIEVAL_CSV: the task's column.
+  fewshot_sampler: Optional[str] = None  # Fixed sampler (the release's exemplars, in order).
+  group: Optional[str] = None         # The group whose score averages this sub-task's.
+  default: bool = True                # Run when no benchmarks are named.
 
   @property
   def partial_scoring(self) -> bool:
     return self.mc_doc is mc.winogrande_doc
 
 
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """Benchmarks reported as one number: the unweighted mean of the sub-tasks' scores."""
+  name: str
+  subtasks: tuple[str, ...]
+  metric: str
+  paper: tuple[Optional[float], Optional[float]]
+  paper_setting: str
+
+
+# ---- BBH chain of thought, as lm-eval's bbh/cot_fewshot ----
+
+BBH_UNTIL = ("</s>", "Q", "\n\n")
+
+
+def bbh_cot_text(doc) -> str:
+  return f"Q: {doc['input']}{files_lib.BBH_COT_ANSWER}"
+
+
+
+
+def _bbh(task: str) -> "Benchmark":
+  return Benchmark(f"bbh_{task}", GENERATE_UNTIL, f"bbh/{task}.json", {"input": S, "target": S},
+                   num_shots=3, fewshot_file=f"bbh/cot-prompts/{task}.txt",
+                   fewshot_format=BBH_COT_PROMPTS, fewshot_sampler="first_n", metric="bbh_cot",
+                   paper_setting="3-shot CoT", text=bbh_cot_text, target=generation.bbh_target,
+                   answers=generation.bbh_answers, extractors=("bbh_cot",), normalize="strip",
+                   until=BBH_UNTIL, target_delimiter="", max_gen_toks=256, records_key="examples",
+                   group="bbh")
+
+
+def _agieval(task: str, num_shots: int) -> "Benchmark":
+  return Benchmark(f"agieval_{task.replace('-', '_')}", MULTIPLE_CHOICE, f"agieval/v1/{task}.jsonl",
+                   AGIEVAL_FIELDS, num_shots=num_shots, fewshot_file="agieval/few_shot_prompts.csv",
+                   fewshot_format=AGIEVAL_CSV, fewshot_column=task, fewshot_sampler="first_n",
+                   paper_setting=f"{num_shots}-shot", mc_doc=mc.agieval_doc, group="agieval")
+
+
 S, L, I, D = str, list, int, dict  # Field types, short for the table below.
+AGIEVAL_FIELDS = {"passage": S, "question": S, "options": L, "label": S}
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("mmlu", MULTIPLE_CHOICE, "mmlu/test.jsonl", {"question": S, "subject": S, "choices": L, "answer": I},
@@ -94,9 +146,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               metric="acc_norm", paper=(73.2, 81.5), mc_doc=mc.arc_doc),
     Benchmark("arc_challenge", MULTIPLE_CHOICE, "arc_challenge/test.jsonl", {"question": S, "choices": D, "answerKey": S},
               metric="acc_norm", paper=(42.1, 53.2), mc_doc=mc.arc_doc),
-    Benchmark("agieval", MULTIPLE_CHOICE, "agieval_sat_en/test.jsonl",
-              {"passage": S, "question": S, "options": L, "label": S}, paper=(24.2, 41.7),
-              paper_setting="3-5-shot (here: SAT-en sample, 0-shot log-likelihood)", mc_doc=mc.agieval_doc),
+    # AGIEval: every demonstration of the task's column of few_shot_prompts.csv (3 to 5).
+    _agieval("sat-en", 3),
+    _agieval("logiqa-en", 5),
     Benchmark("triviaqa", GENERATE_UNTIL, "triviaqa/validation.jsonl", {"question": S, "answer": D}, num_shots=5,
               fewshot_file="triviaqa/train.jsonl", metric="exact_match", paper=(53.2, 63.4), paper_setting="5-shot",
               text=generation.triviaqa_text, target=generation.triviaqa_target,
@@ -115,10 +167,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               fewshot_file="math/train.jsonl", metric="boxed", paper=(11.8, 24.3), paper_setting="4-shot",
               text=generation.math_text, target=generation.math_target, answers=generation.math_answers,
               extractors=("boxed",), normalize="strip", until=("Problem:",)),
-    Benchmark("bbh", GENERATE_UNTIL, "bbh/boolean_expressions.json", {"input": S, "target": S},
-              metric="exact_match", paper=(35.2, 55.1), paper_setting="3-shot CoT (here: boolean_expressions, 0-shot)",
-              text=generation.bbh_text, target=generation.bbh_target, answers=generation.bbh_answers,
-              normalize="strip", until=("</s>", "Q:", "\n\n"), max_gen_toks=16, records_key="examples"),
+    _bbh("boolean_expressions"),
+    _bbh("web_of_lies"),
     Benchmark("humaneval", CODE, None, {"task_id": S, "prompt": S, "test": S, "entry_point": S},
               metric="pass@1", paper=(22.0, 32.3), paper_setting="pass@1", text=code.humaneval_text,
               until=code.HUMANEVAL_UNTIL, max_gen_toks=256, target_delimiter="",
@@ -128,21 +178,78 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               text=code.mbpp_text, target=code.mbpp_target, until=code.MBPP_UNTIL, max_gen_toks=256,
               target_delimiter="", program=code.mbpp_program),
 ]}
+# maj@k (self-consistency): k samples at lm-eval's gsm8k_cot_self_consistency temperature, the
+# most frequent extracted answer scored. Not in Table 6 (maj@1 there), so only run when named.
+for _name in ("gsm8k", "math"):
+  BENCHMARKS[f"{_name}_maj_at_k"] = dataclasses.replace(
+      BENCHMARKS[_name], name=f"{_name}_maj_at_k", samples=8, temperature=0.2, default=False,
+      paper=(None, None), paper_setting="maj@k, not in the paper's Table 6")
+
+GROUPS: dict[str, Group] = {g.name: g for g in [
+    Group("agieval", tuple(n for n, b in BENCHMARKS.items() if b.group == "agieval"), "acc",
+          (24.2, 41.7), "3-5-shot, mean of sub-tasks"),
+    Group("bbh", tuple(n for n, b in BENCHMARKS.items() if b.group == "bbh"), "bbh_cot",
+          (35.2, 55.1), "3-shot CoT, mean of sub-tasks"),
+]}
+
+
+def expand_names(names: Optional[Sequence[str]]) -> list[str]:
+  """Benchmark names with each group replaced by its sub-tasks; None: every default benchmark."""
+  if names is None:
+    return [n for n, b in BENCHMARKS.items() if b.default]
+  out = []
+  for name in names:
+    if name in GROUPS:
+      out.extend(GROUPS[name].subtasks)
+    elif name in BENCHMARKS:
+      out.append(name)
+    else:
+      raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}, "
+                       f"groups: {sorted(GROUPS)}")
+  return list(dict.fromkeys(out))
+
+
+def _override(mapping: Optional[Mapping[str, Any]], bench: Benchmark, default):
+  """A per-benchmark setting: by the benchmark's name, else its group's, else ``default``."""
+  mapping = mapping or {}
+  return mapping.get(bench.name, mapping.get(bench.group, default) if bench.group else default)
+
+
+def split_path(bench: Benchmark, data_root: str, which: str = "eval",
+               files: Optional[Mapping[str, str]] = None) -> Optional[str]:
+  """The file of the eval (or ``which="fewshot"``) split; ``files`` overrides paths by
+  ``"<name>"`` / ``"<name>.fewshot"``."""
+  files = files or {}
+  relative = bench.eval_file if which == "eval" else bench.fewshot_file
+  key = bench.name if which == "eval" else f"{bench.name}.fewshot"
+  return files.get(key) or (os.path.join(data_root, relative) if relative else None)
 
 
 def load_records(bench: Benchmark, data_root: str, which: str = "eval",
                  files: Optional[Mapping[str, str]] = None) -> list[dict[str, Any]]:
-  """Records of the eval (or ``which="fewshot"``) split; ``files`` overrides paths by
-  ``"<name>"`` / ``"<name>.fewshot"``."""
-  files = files or {}
-  key = bench.name if which == "eval" else f"{bench.name}.fewshot"
-  relative = bench.eval_file if which == "eval" else bench.fewshot_file
-  if bench.name == "humaneval" and key not in files:
+  """Records of the eval (or ``which="fewshot"``) split, see ``split_path``."""
+  if which != "eval":
+    return load_fewshot(bench, data_root, files)[1]
+  if bench.name == "humaneval" and "humaneval" not in (files or {}):
     return code.humaneval_records()
-  path = files.get(key) or (os.path.join(data_root, relative) if relative else None)
+  path = split_path(bench, data_root, which, files)
   if path is None:
     raise BenchmarkDataError(f"{bench.name} has no {which} split file")
   return read_records(path, bench.fields, bench.records_key)
+
+
+def load_fewshot(bench: Benchmark, data_root: str, files: Optional[Mapping[str, str]] = None
+                 ) -> tuple[Optional[str], list[dict[str, Any]]]:
+  """(description from the prompt file or None, exemplar records) of the few-shot split."""
+  path = split_path(bench, data_root, "fewshot", files)
+  if path is None:
+    raise BenchmarkDataError(f"{bench.name} has no fewshot split file")
+  if bench.fewshot_format == BBH_COT_PROMPTS:
+    description, records = files_lib.read_bbh_cot_prompts(path)
+    return description + fewshot.FEWSHOT_DELIMITER, records
+  if bench.fewshot_format == AGIEVAL_CSV:
+    return None, files_lib.read_agieval_fewshot(path, bench.fewshot_column, bench.fields)
+  return None, read_records(path, bench.fields, bench.records_key)
 
 
 # ---- requests: what the model is asked, per format ----
@@ -159,14 +266,18 @@ class Request:
 def build_requests(bench: Benchmark, records, fewshot_records, num_shots: int, seed: int,
                    sampler: str = "seeded", chat: bool = False,
                    chat_template: Optional[Callable[[str], str]] = None,
-                   fewshot_path: Optional[str] = None) -> list[Request]:
-  """The requests of every record, with its few-shot exemplars and (``chat``) the turn template."""
+                   fewshot_path: Optional[str] = None,
+                   description: Optional[str] = None) -> list[Request]:
+  """The requests of every record, with its few-shot exemplars and (``chat``) the turn template;
+  ``description`` (from a prompt file) replaces the benchmark's own."""
   if num_shots and bench.partial_scoring:
     raise ValueError(f"{bench.name}: partial scoring is evaluated 0-shot")
   if num_shots and bench.fewshot_file is None and fewshot_records is None:
     raise ValueError(f"{bench.name} has no few-shot split; it is evaluated 0-shot")
   where = f"{bench.name}'s few-shot file {fewshot_path or bench.fewshot_file}"
   delimiter = "" if chat else bench.target_delimiter
+  sampler = bench.fewshot_sampler or sampler
+  describe = bench.description if description is None or not num_shots else lambda doc: description
   out = []
   for index, doc in enumerate(records):
     pool = fewshot_records if fewshot_records is not None else []
@@ -177,14 +288,13 @@ def build_requests(bench: Benchmark, records, fewshot_records, num_shots: int, s
       queries = item.query if isinstance(item.query, tuple) else (item.query,) * len(item.choices)
       conts = item.choices * len(queries) if len(item.choices) == 1 else item.choices
       for choice, (query, cont) in enumerate(zip(queries, conts)):
-        context = fewshot.build_context(query, exemplars, bench.description(doc), bench.target_delimiter)
+        context = fewshot.build_context(query, exemplars, describe(doc), bench.target_delimiter)
         if chat:
           context = chat_template(context)
         out.append(Request(index, choice, context, delimiter + cont))
     else:
       exemplars = [(bench.text(x), bench.target(x)) for x in shots]
-      context = fewshot.build_context(bench.text(doc), exemplars, bench.description(doc),
-                                      bench.target_delimiter)
+      context = fewshot.build_context(bench.text(doc), exemplars, describe(doc), bench.target_delimiter)
       out.append(Request(index, 0, chat_template(context) if chat else context))
   return out
 
@@ -220,25 +330,30 @@ def register_benchmark_tasks(vocab, data_root: str = DEFAULT_DATA_ROOT,
                              num_shots: Optional[Mapping[str, int]] = None, seed: int = 0,
                              sampler: str = "seeded", files: Optional[Mapping[str, str]] = None,
                              limit: Optional[int] = None, chat: bool = False,
-                             chat_template: Optional[Callable[[str], str]] = None) -> dict[str, dict]:
-  """Registers ``gf_bench_<name>`` for each benchmark (replacing earlier ones).
+                             chat_template: Optional[Callable[[str], str]] = None,
+                             samples: Optional[Mapping[str, int]] = None,
+                             temperature: Optional[Mapping[str, float]] = None) -> dict[str, dict]:
+  """Registers ``gf_bench_<name>`` for each benchmark (a group: each of its sub-tasks), replacing
+  earlier ones. ``num_shots`` / ``samples`` / ``temperature`` override by benchmark or group name.
 
   Returns ``{task name: {"benchmark", "records", "requests", "num_shots"}}``; every file is read
   and every prompt built here, so bad input fails before any model work.
   """
-  names = list(names or BENCHMARKS)
-  unknown = sorted(set(names) - set(BENCHMARKS))
-  if unknown:
-    raise ValueError(f"unknown benchmarks {unknown}; known: {sorted(BENCHMARKS)}")
   out = {}
-  for name in names:
+  for name in expand_names(names):
     bench = BENCHMARKS[name]
-    shots = (num_shots or {}).get(name, bench.num_shots)
+    k, t = _override(samples, bench, bench.samples), _override(temperature, bench, bench.temperature)
+    if k < 1 or (k > 1 and t <= 0):
+      raise ValueError(f"{name}: {k} samples at temperature {t}: maj@k / pass@k needs k >= 1 and, "
+                       "for k > 1, a temperature above 0 (else the k samples are one greedy output)")
+    bench = dataclasses.replace(bench, samples=k, temperature=t)
+    shots = _override(num_shots, bench, bench.num_shots)
     records = load_records(bench, data_root, "eval", files)[:limit]
-    pool = load_records(bench, data_root, "fewshot", files) if shots and bench.fewshot_file else None
-    fewshot_path = (files or {}).get(f"{name}.fewshot") or os.path.join(data_root, bench.fewshot_file or "")
+    description, pool = (load_fewshot(bench, data_root, files) if shots and bench.fewshot_file
+                         else (None, None))
+    fewshot_path = split_path(bench, data_root, "fewshot", files)
     requests = build_requests(bench, records, pool, shots, seed, sampler, chat, chat_template,
-                              fewshot_path)
+                              fewshot_path, description)
     rows = _rows(bench, records, requests, vocab)
     task_name = TASK_PREFIX + name
 

@@ -280,9 +280,10 @@ def test_uncompressed_warc_cut_inside_a_record_or_with_trailing_bytes(tmp_path):
 @pytest.mark.parametrize("content", [
     b"hello, this is not a WARC file at all\n",
     b"<html><body><p>An HTML page saved under the wrong name.</p></body></html>",
-    __import__("gzip").compress(b"a gzipped text file, not a WARC\n" * 50),
+    # mtime=0: the same bytes (and test id) in every process that collects the tests.
+    __import__("gzip").compress(b"a gzipped text file, not a WARC\n" * 50, mtime=0),
     b"",
-])
+], ids=["text", "html", "gzipped_text", "empty"])
 def test_a_file_that_is_not_warc_is_a_read_error(tmp_path, content):
   path = tmp_path / "notwarc.warc.gz"
   path.write_bytes(content)

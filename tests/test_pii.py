@@ -257,3 +257,16 @@ def test_secret_pre_checks_agree_with_full_scans_on_labelled_texts():
     assert sorted((m.start, m.end) for m in pii._find_secrets(text)) == \
         _secrets_without_gates(text), text
   assert any(_secrets_without_gates(t) for t in texts)  # The check saw real secrets.
+
+
+def test_independent_secret_set_is_seeded_and_counts_leaks_by_what_survives_redaction():
+  from pipelines.labelled import secrets_independent
+  first = secrets_independent.examples(per_format=3, seed=1)
+  assert first == secrets_independent.examples(per_format=3, seed=1)
+  assert first != secrets_independent.examples(per_format=3, seed=2)
+  assert {name for name, _, _ in first} == set(secrets_independent.FORMATS)
+  assert all(value in text for _, text, value in first)
+  table = secrets_independent.recall(per_format=3, seed=1)
+  for name, row in table.items():
+    expected = sum(value not in pii.redact(text)[0] for n, text, value in first if n == name)
+    assert row["total"] == 3 and row["found"] <= expected  # Found: not even 8 characters survive.

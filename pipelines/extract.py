@@ -538,7 +538,7 @@ class ExtractDocs(beam.PTransform):
     )
     filtered = extracted.docs | "Language" >> beam.ParDo(
         ApplyLanguageFilter(self._config)).with_outputs(common.REJECTS_TAG, main="kept")
-    inputs = (records.records, records[common.REJECTS_TAG]) | "AllInputs" >> beam.Flatten()
+    inputs = (records.records, records[common.REJECTS_TAG])  # Counted apart: common.CountAll.
     rejects = (
         records[common.REJECTS_TAG], extracted[common.REJECTS_TAG], filtered[common.REJECTS_TAG]
     ) | "AllRejects" >> beam.Flatten()

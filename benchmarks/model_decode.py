@@ -2,13 +2,15 @@
 
     python -m benchmarks.model_decode [--config=bench_100m] [--override FIELD=VALUE ...]
         [--dtype=float32|bfloat16] [--batch_size=4] [--seq_len=64 (prompt length)] [--new_tokens=32]
-        [--peers eager sdpa static compile] [--pairs=7] [--warmup=1] [--threads=1] [--cpus=1] [--result=PATH]
+        [--peers eager sdpa static compile] [--variants copies] [--pairs=7] [--warmup=1] [--threads=1] [--cpus=1] [--result=PATH]
 
 The prompts are `batch_size` rows of `seq_len` random tokens (BOS first, no padding). One run =
 one whole generate call (prefill included) that decodes exactly `new_tokens` tokens greedily:
 
   ours                          model.decoding.generate(..., sampler=Sampler("greedy"), stop_tokens=()):
                                 one jit-compiled prefill + lax.while_loop that never exits early.
+  ours[copies]                  (--variants copies) the same, as decoding was before it stopped copying
+                                weights at every step (see ours_side).
   transformers[eager|sdpa]      model.generate(do_sample=False, use_cache=True, max_new_tokens=n,
                                 min_new_tokens=n), generation_config.eos_token_id = None (no early
                                 stop, no EOS logit masked: greedy stays exact); dynamic KV cache.
@@ -42,11 +44,28 @@ def random_prompts(config, batch_size: int, prompt_len: int, seed: int):
   return prompts
 
 
-def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, seed: int):
-  """Worker factory: run() is one jitted greedy generate call; returns the tokens as lists."""
+def _copying_step(model, params, tokens, positions, segment_ids, cache):
+  """model.decoding._step as it was before: logits for every position of the call."""
+  logits, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache, decode=True)
+  return logits[:, -1], cache
+
+
+def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, seed: int, variant: str = ""):
+  """Worker factory: run() is one jitted greedy generate call; returns the tokens as lists.
+
+  variant "copies" puts back what decoding did before (docs/model_benchmarks.md): every weight
+  copied out of its stack or transposed at every step (model.modules.weight_copy_is_cheaper
+  always true) and a prefill that computes the logits of every prompt position.
+  """
   import jax
   import numpy as np
-  from model import decoding
+  from model import decoding, modules
+
+  if variant == "copies":
+    modules.weight_copy_is_cheaper = lambda x, stacked: True
+    decoding._step = _copying_step
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r}")
 
   config = _common.build_config(**model)
   params = jax.device_put(_common.random_params(config, seed))
@@ -105,6 +124,8 @@ def sides(args) -> list:
   common = dict(model=model, batch_size=args.batch_size, prompt_len=args.seq_len, new_tokens=args.new_tokens,
                 seed=args.seed)
   out = [harness.Side("ours", "benchmarks.model_decode:ours_side", common)]
+  for variant in args.variants:
+    out.append(harness.Side(f"ours[{variant}]", "benchmarks.model_decode:ours_side", {**common, "variant": variant}))
   for peer in args.peers:
     attn, cache, compile = PEERS[peer]
     name = f"transformers[{attn}{'+' + cache if cache else ''}{'+compile' if compile else ''}]"
@@ -137,6 +158,8 @@ def main(argv=None) -> dict:
   _common.add_model_flags(parser, batch_size=4, seq_len=64)
   parser.add_argument("--new_tokens", type=int, default=32, help="tokens generated per row")
   parser.add_argument("--peers", nargs="+", default=["eager", "sdpa", "static"], choices=sorted(PEERS))
+  parser.add_argument("--variants", nargs="*", default=[], choices=["copies"],
+                      help="ours as it was before a change, timed in the same run (see ours_side)")
   harness.add_flags(parser)
   args = parser.parse_args(argv)
   _common.positive(args, "batch_size", "seq_len", "new_tokens", "pairs")

@@ -13,6 +13,8 @@ process, interleaved by benchmarks/harness.py):
                              params and optimizer state donated, compiled ahead of time.
   ours[unfolded]             the same with the projections as [B, T] einsums, as before
                              model.modules.token_einsum (--variants unfolded).
+  ours[copies]               the same with every stacked weight sliced (and q transposed) before
+                             its matmul, as before model.modules.stacked_token_einsum (--variants copies).
   transformers[eager|sdpa]   model(input_ids).logits -> float32 cross-entropy -> backward ->
                              torch.optim step -> zero_grad(set_to_none).
   transformers[sdpa+compile] the same step with the model under torch.compile (inductor).
@@ -51,8 +53,9 @@ def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learni
               variant: str = ""):
   """Worker factory: our jitted step; run() does one step and returns its loss.
 
-  variant "unfolded" replaces modules.token_einsum by the [B, T] einsum it replaced, so one paired
-  run shows what folding the token axes bought.
+  variant "unfolded" replaces modules.token_einsum by the [B, T] einsum it replaced, and "copies"
+  makes modules.weight_copy_is_cheaper always true (every stacked weight sliced, q transposed, as
+  before stacked_token_einsum), so one paired run shows what a change bought.
   """
   import jax
   import optax
@@ -61,6 +64,8 @@ def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learni
 
   if variant == "unfolded":
     modules.token_einsum = _unfold_tokens
+  elif variant == "copies":  # Weights copied out of their stacks / transposed, as before stacked_token_einsum.
+    modules.weight_copy_is_cheaper = lambda x, stacked: True
   elif variant:
     raise ValueError(f"unknown variant {variant!r}")
 
@@ -156,7 +161,7 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   _common.add_model_flags(parser, batch_size=2, seq_len=128)
   parser.add_argument("--peers", nargs="+", default=["eager", "sdpa"], choices=sorted(PEERS))
-  parser.add_argument("--variants", nargs="*", default=[], choices=["unfolded"],
+  parser.add_argument("--variants", nargs="*", default=[], choices=["unfolded", "copies"],
                       help="earlier versions of ours to run beside it (what a change bought)")
   parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
   parser.add_argument("--learning_rate", type=float, default=1e-3)

@@ -30,22 +30,40 @@ MEMORY_RESULT = os.path.join(harness.RESULTS_DIR, "stage_memory.json")
 
 
 def _pages_in(row: dict) -> int:
-  """Documents a stage took in; for extract, the HTTP responses (WARC request and metadata records
-  are skipped as ``non_response_record``), so every stage is per page."""
+  """Documents a stage took in; for extract and the fused filter job, the HTTP responses (WARC
+  request and metadata records are skipped as ``non_response_record``, ``extract.`` in the fused
+  job's stats), so every stage is per page."""
+  dropped = row["stats"].get("dropped", {})
   if row["stage"] == "extract":
-    return row["stats"]["in"] - row["stats"]["dropped"].get("non_response_record", 0)
+    return row["stats"]["in"] - dropped.get("non_response_record", 0)
+  if row["stage"] == "filter":
+    return row["stats"]["in"] - dropped.get("extract.non_response_record", 0)
   return row["documents_in"]
+
+
+DEFAULT_LAYOUT = "by_size"  # The rates and output bytes projected are the default layout's.
+
+
+def _layout(row: dict) -> str:
+  return row.get("shard_layout", DEFAULT_LAYOUT)  # Results written before layouts existed.
+
+
+def peak_rss_by_layout(rows: list[dict], stage: str) -> dict[str, dict[str, float]]:
+  """``{layout: {scale: peak RSS MiB}}`` of one stage."""
+  peaks: dict[str, dict[str, float]] = {}
+  for row in rows:
+    if row["stage"] == stage:
+      peaks.setdefault(_layout(row), {})[str(row["scale"])] = row["peak_rss_mib"]
+  return peaks
 
 
 def project(rows: list[dict], pages: float, tokens: float) -> dict:
   largest: dict[str, dict] = {}
-  smallest: dict[str, dict] = {}
   for row in rows:
     stage = row["stage"]
-    if stage not in largest or row["scale"] > largest[stage]["scale"]:
+    if _layout(row) == DEFAULT_LAYOUT and (stage not in largest
+                                           or row["scale"] > largest[stage]["scale"]):
       largest[stage] = row
-    if stage not in smallest or row["scale"] < smallest[stage]["scale"]:
-      smallest[stage] = row
   tok = largest.get("tokenize", {}).get("stats", {})
   tokens_per_doc = (tok.get("train_tokens", 0) + tok.get("validation_tokens", 0)) / max(
       tok.get("kept", 0), 1)
@@ -64,7 +82,7 @@ def project(rows: list[dict], pages: float, tokens: float) -> dict:
         "vcpu_hours_for_6t_tokens": round(docs_for_tokens / rate / 3600) if docs_for_tokens else None,
         "output_bytes_per_input_doc": round(bytes_per_doc),
         "output_tib_per_snapshot": round(pages * bytes_per_doc / 2**40, 1),
-        "peak_rss_mib": {str(r["scale"]): r["peak_rss_mib"] for r in rows if r["stage"] == stage},
+        "peak_rss_mib": peak_rss_by_layout(rows, stage),
     })
   return {"pages": pages, "tokens": tokens, "tokens_per_document": round(tokens_per_doc, 1),
           "documents_for_tokens": docs_for_tokens, "stages": stages,
@@ -76,7 +94,9 @@ def markdown(plan: dict) -> str:
            "output bytes / input doc | output, one snapshot | peak RSS MiB by scale |",
            "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
   for s in plan["stages"]:
-    rss = ", ".join(f"{k}x: {v:.0f}" for k, v in sorted(s["peak_rss_mib"].items(), key=lambda kv: int(kv[0])))
+    rss = "; ".join(
+        f"{layout} " + ", ".join(f"{k}x: {v:.0f}" for k, v in sorted(peaks.items(), key=lambda kv: int(kv[0])))
+        for layout, peaks in sorted(s["peak_rss_mib"].items()))
     for_tokens = s["vcpu_hours_for_6t_tokens"]
     for_tokens = f"{for_tokens:,}" if for_tokens is not None else "n/a"
     lines.append(f"| {s['stage']} | {s['docs_per_cpu_s']} ({s['measured_at_scale']}x) | "

@@ -142,8 +142,14 @@ class Sampler:
 
 
 def _step(model, params, tokens, positions, segment_ids, cache):
-  logits, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache, decode=True)
-  return logits[:, -1], cache
+  """Writes tokens into the cache; returns the logits [B, V] after the last one, and the cache.
+
+  Only the last position's logits are computed (prompts are left-padded, so it is every row's last
+  real token): a prefill does not pay for [B, P, V] logits that nobody reads.
+  """
+  hidden, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache, decode=True,
+                              method=Transformer.hidden_states)
+  return model.apply({"params": params}, hidden[:, -1:], method=Transformer.logits)[:, 0], cache
 
 
 def _prefill(config, params, prompts, max_decode_len):

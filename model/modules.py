@@ -44,6 +44,32 @@ def token_einsum(equation: str, x: jax.Array, w: jax.Array, **kwargs) -> jax.Arr
   return out.reshape(lead + out.shape[1:])
 
 
+def weight_copy_is_cheaper(x: jax.Array, stacked: jax.Array) -> bool:
+  """Whether copying the C weights out of `stacked` [C, D, ...] costs less than broadcasting the
+  tokens of x [B, T, D] over C and splitting the C results (what `stacked_token_einsum` picks from).
+
+  XLA's CPU backend copies a weight out of its stack (`stacked[c]` is not a view there) or into the
+  layout a dot wants; with many tokens that copy is small next to the matmul, but with few, as in
+  decoding, it costs more than the matmul itself (docs/model_benchmarks.md).
+  """
+  num, width = stacked.shape[0], x.shape[-1]
+  tokens = x.shape[0] * x.shape[1]
+  return num * tokens * (width + stacked[0].size // width) >= stacked.size
+
+
+def stacked_token_einsum(equation: str, x: jax.Array, stacked: jax.Array) -> list[jax.Array]:
+  """`[token_einsum(equation, x, w) for w in stacked]`, copying whichever is smaller: the weights
+  (many tokens), or x broadcast over the stack for one batched dot over the weights as stored."""
+  if weight_copy_is_cheaper(x, stacked):
+    return [token_einsum(equation, x, w) for w in stacked]
+  lead, num = x.shape[:2], stacked.shape[0]
+  tokens = x.reshape((lead[0] * lead[1],) + x.shape[2:])
+  lhs, rest = equation.split(",")
+  rhs, result = rest.split("->")
+  out = jnp.einsum(f"C{lhs},C{rhs}->C{result}", jnp.broadcast_to(tokens, (num,) + tokens.shape), stacked)
+  return [y.reshape(lead + y.shape[1:]) for y in out]
+
+
 def _dense_init(in_axis, out_axis, batch_axis=()):
   """Fan-in scaled truncated normal, like t5x's default kernel init."""
   return nn.initializers.variance_scaling(
@@ -202,9 +228,12 @@ class Attention(nn.Module):
                        nn.with_logical_partitioning(_dense_init((0, 1), 2), ("heads", "kv", "embed")),
                        (cfg.num_heads, cfg.head_dim, cfg.embed_dim), cfg.weight_dtype)
 
-    query = token_einsum("MD,NDH->MNH", x, q_w.astype(dtype))
-    key = token_einsum("MD,KDH->MKH", x, kv_w[0].astype(dtype))
-    value = token_einsum("MD,KDH->MKH", x, kv_w[1].astype(dtype))
+    q_w, kv_w = q_w.astype(dtype), kv_w.astype(dtype)
+    if weight_copy_is_cheaper(x, q_w):  # XLA transposes q_w once to [D, N, H] for the dot.
+      query = token_einsum("MD,NDH->MNH", x, q_w)
+    else:  # Few tokens: one batched dot per head over q_w as stored.
+      query = jnp.stack(stacked_token_einsum("MD,DH->MH", x, q_w), axis=2)
+    key, value = stacked_token_einsum("MD,KDH->MKH", x, kv_w)
     query = apply_rope(query, positions) * jnp.asarray(cfg.head_dim**-0.5, dtype)
     key = apply_rope(key, positions)
 
@@ -223,8 +252,11 @@ class Attention(nn.Module):
       encoded = attend(query, mask)
     else:
       encoded = map_chunks(attend, (query, mask), cfg.attention_chunk_size)
-    encoded = encoded.reshape(batch, length, cfg.num_heads, cfg.head_dim)
-    return token_einsum("MNH,NHD->MD", encoded, out_w.astype(dtype)), new_cache
+    # Heads and head_dim folded into one axis X on both sides (free reshapes): a plain matmul over
+    # the weight as stored, which XLA would otherwise transpose on every call.
+    encoded = encoded.reshape(batch, length, cfg.num_heads * cfg.head_dim)
+    out_w = out_w.reshape(cfg.num_heads * cfg.head_dim, cfg.embed_dim)
+    return token_einsum("MX,XD->MD", encoded, out_w.astype(dtype)), new_cache
 
 
 class FeedForward(nn.Module):
@@ -241,8 +273,7 @@ class FeedForward(nn.Module):
                         (2, cfg.embed_dim, cfg.hidden_dim), cfg.weight_dtype)
     down = self.param("linear", nn.with_logical_partitioning(_dense_init(0, 1), ("mlp", "embed")),
                       (cfg.hidden_dim, cfg.embed_dim), cfg.weight_dtype)
-    gate = token_einsum("MD,DF->MF", x, gating[0].astype(dtype))
-    up = token_einsum("MD,DF->MF", x, gating[1].astype(dtype))
+    gate, up = stacked_token_einsum("MD,DF->MF", x, gating.astype(dtype))
     hidden = jax.nn.gelu(gate, approximate=True) * up
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     return token_einsum("MF,FD->MD", hidden, down.astype(dtype))

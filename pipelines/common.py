@@ -103,10 +103,21 @@ def element_as_doc(element: Any) -> Doc:
 # ----------------------------------------------------------------------------- arguments
 
 
+# ``--shard_layout``: how a document stage lays out its output shards.
+BY_SIZE = "by_size"  # Shards sized from the data (--target_shard_bytes); documents shuffled by shard.
+PER_INPUT = "per_input"  # Output shard i-of-N from input file i, no shuffle (pipelines/shardwise.py).
+SHARD_LAYOUTS = (BY_SIZE, PER_INPUT)
+
+
 def parse_stage_args(
-    description: str, argv: Sequence[str] | None, add_args=None
+    description: str, argv: Sequence[str] | None, add_args=None, per_input: bool = False
 ) -> tuple[argparse.Namespace, PipelineOptions]:
-  """Parses the stage's own flags; everything else is handed to Beam as pipeline options."""
+  """Parses the stage's own flags; everything else is handed to Beam as pipeline options.
+
+  ``per_input``: whether the stage can run with ``--shard_layout=per_input``. The flag is defined
+  for every stage (an unknown flag would reach Beam, which only warns), and a stage that cannot
+  run that way refuses it here.
+  """
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--input", required=True, help="Input directory or file pattern.")
   parser.add_argument("--output_dir", required=True, help="Directory the stage writes.")
@@ -123,9 +134,17 @@ def parse_stage_args(
       "--target_shard_bytes", type=int, default=DEFAULT_TARGET_SHARD_BYTES,
       help="Bytes of JSON per output shard when the shard count comes from the data.",
   )
+  parser.add_argument(
+      "--shard_layout", choices=SHARD_LAYOUTS, default=BY_SIZE,
+      help=f"{BY_SIZE}: shards sized to --target_shard_bytes, documents shuffled by shard. "
+      f"{PER_INPUT}: output shard i-of-N from input file i of N, no shuffle of documents, so a "
+      "local run's memory does not grow with the number of input files (docs/scale.md, Memory).",
+  )
   if add_args is not None:
     add_args(parser)
   args, beam_args = parser.parse_known_args(argv)
+  if args.shard_layout == PER_INPUT and not per_input:
+    parser.error(f"--shard_layout={PER_INPUT} is not supported by this stage.")
   return args, PipelineOptions(beam_args)
 
 
@@ -219,7 +238,7 @@ def expected_kept(input_path: str) -> int | None:
   return kept
 
 
-def _check_line_count(count: int, input_path: str, kept: int) -> None:
+def check_line_count(count: int, input_path: str, kept: int) -> None:
   if count != kept:
     raise StageError(
         f"{input_path}: {count} document lines, but its {STATS_FILE} says the stage kept {kept}; "
@@ -250,7 +269,7 @@ class ReadDocs(beam.PTransform):
     if self._expected is not None:
       _ = (lines
            | "CountLines" >> beam.combiners.Count.Globally()
-           | "CheckCount" >> beam.Map(_check_line_count, self._input_path, self._expected))
+           | "CheckCount" >> beam.Map(check_line_count, self._input_path, self._expected))
     return lines | "Parse" >> beam.ParDo(_ParseDoc(self._stage)).with_outputs(
         REJECTS_TAG, main="docs"
     )
@@ -371,12 +390,16 @@ class _ParseDoc(CountProgress):
   def process(self, line: bytes):
     self._in.inc()
     self.count()
-    doc, reason, error = parse_doc(line)
-    if doc is None:
-      raw = line.decode("utf-8", "backslashreplace") if isinstance(line, bytes) else line
-      yield reject(self._stage, reason, {"id": "", "raw": raw[:1000]}, error=error)
-      return
-    yield doc
+    yield parse_line(self._stage, line)
+
+
+def parse_line(stage: str, line: bytes | str) -> Doc | beam.pvalue.TaggedOutput:
+  """A line of a stage shard as a document, or as a counted reject (:func:`parse_doc`'s reason)."""
+  doc, reason, error = parse_doc(line)
+  if doc is None:
+    raw = line.decode("utf-8", "backslashreplace") if isinstance(line, bytes) else line
+    return reject(stage, reason, {"id": "", "raw": raw[:1000]}, error=error)
+  return doc
 
 
 def reject(stage: str, reason: str, doc: Doc, **details: Any) -> beam.pvalue.TaggedOutput:
@@ -451,7 +474,7 @@ class WriteSortedShards(beam.PTransform):
     self._target_shard_bytes = target_shard_bytes
 
   def expand(self, records):
-    rows = records | "Encode" >> beam.Map(lambda r: (str(r.get("id", "")), dumps(r)))
+    rows = records | "Encode" >> beam.Map(encode_row)
     if self._num_shards:
       count = rows.pipeline | "FixedCount" >> beam.Create([self._num_shards])
     else:
@@ -473,10 +496,22 @@ class WriteSortedShards(beam.PTransform):
   def _write_shard(self, shard_and_rows, num_shards: int):
     shard, rows = shard_and_rows
     path = shard_path(self._directory, self._prefix, shard, num_shards)
-    with FileSystems.create(path) as f:
-      for _, line in sorted(row for row in rows if row is not None):
-        f.write(line.encode("utf-8") + b"\n")
-    return path
+    return write_sorted_rows(path, [row for row in rows if row is not None])
+
+
+def encode_row(record: dict[str, Any]) -> tuple[str, str]:
+  """``(id, line)``: a record encoded once, with the key its shard is sorted by."""
+  return str(record.get("id", "")), dumps(record)
+
+
+def write_sorted_rows(path: str, rows: list[tuple[str, str]]) -> str:
+  """Writes the lines of ``(id, line)`` rows sorted by id (then line): one shard's bytes, the same
+  whatever order the rows came in."""
+  rows.sort()
+  with FileSystems.create(path) as f:
+    for _, line in rows:
+      f.write(line.encode("utf-8") + b"\n")
+  return path
 
 
 def shard_path(directory: str, prefix: str, shard: int, num_shards: int, ext: str = "jsonl") -> str:
@@ -634,12 +669,20 @@ def run_doc_stage(
     args: argparse.Namespace,
     options: PipelineOptions,
     transform_fn,
+    steps: Sequence[beam.DoFn] | None = None,
 ) -> dict[str, Any]:
   """Runs a document-in, document-out stage with the standard accounting.
 
   ``transform_fn(docs)`` takes the PCollection of parsed documents and returns a tagged result
   with a main output ``kept`` and a ``rejects`` output of records made by :func:`reject`.
+  ``steps`` are the stage's DoFns in order, what ``--shard_layout=per_input`` runs on each input
+  file instead (pipelines/shardwise.py); the two must be the same DoFns.
   """
+  if getattr(args, "shard_layout", BY_SIZE) == PER_INPUT:
+    if steps is None:
+      raise StageError(f"{stage}: --shard_layout={PER_INPUT} is not supported by this stage.")
+    from pipelines import shardwise  # pylint: disable=import-outside-toplevel  # It imports this.
+    return shardwise.run_doc_stage(stage, args, options, steps)
   logging.info("%s: %s -> %s", stage, args.input, args.output_dir)
   with atomic_output_dir(args.output_dir) as tmp_dir:
     with beam.Pipeline(options=options) as p:

@@ -37,7 +37,7 @@ from py3langid.langid import MODEL_FILE, LanguageIdentifier
 from warcio.archiveiterator import ArchiveIterator
 from warcio.recordloader import ArcWarcRecordLoader
 
-from pipelines import common, text_utils
+from pipelines import common, shardwise, text_utils
 from pipelines.quality import add_config_flags, config_from_args
 
 STAGE = "extract"
@@ -527,17 +527,17 @@ class ExtractDocs(beam.PTransform):
     self._html_to_text_fn = html_to_text_fn
 
   def expand(self, files):
+    extract_text, language = steps(self._config, self._html_to_text_fn)
     records = files | "ReadWarc" >> beam.ParDo(ReadWarcRecords(self._source)).with_outputs(
         common.REJECTS_TAG, main="records")
     extracted = (
         records.records
         | "Spread" >> beam.Reshuffle()
         | "Progress" >> beam.ParDo(common.CountProgress(STAGE))
-        | "Extract" >> beam.ParDo(ExtractText(self._config, self._html_to_text_fn)).with_outputs(
-            common.REJECTS_TAG, main="docs")
+        | "Extract" >> beam.ParDo(extract_text).with_outputs(common.REJECTS_TAG, main="docs")
     )
-    filtered = extracted.docs | "Language" >> beam.ParDo(
-        ApplyLanguageFilter(self._config)).with_outputs(common.REJECTS_TAG, main="kept")
+    filtered = extracted.docs | "Language" >> beam.ParDo(language).with_outputs(
+        common.REJECTS_TAG, main="kept")
     inputs = (records.records, records[common.REJECTS_TAG])  # Counted apart: common.CountAll.
     rejects = (
         records[common.REJECTS_TAG], extracted[common.REJECTS_TAG], filtered[common.REJECTS_TAG]
@@ -545,13 +545,31 @@ class ExtractDocs(beam.PTransform):
     return {"in": inputs, "kept": filtered.kept, "rejects": rejects}
 
 
+def steps(config: ExtractConfig, html_to_text_fn=html_to_text) -> tuple[beam.DoFn, ...]:
+  """The DoFns after the WARC reader, in order: for :class:`ExtractDocs` and for the per-input
+  layout (pipelines/shardwise.py), whose source is :class:`ReadWarcRecords` itself."""
+  return ExtractText(config, html_to_text_fn), ApplyLanguageFilter(config)
+
+
 def run(input_path: str, output_dir: str, num_shards: int, config: ExtractConfig,
         source: str = "", options=None, html_to_text_fn=html_to_text,
         num_reject_shards: int = 0,
-        target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES) -> dict[str, Any]:
-  """Runs the job; ``html_to_text_fn(html, url) -> text`` replaces trafilatura if given."""
+        target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES,
+        shard_layout: str = common.BY_SIZE) -> dict[str, Any]:
+  """Runs the job; ``html_to_text_fn(html, url) -> text`` replaces trafilatura if given.
+
+  ``shard_layout=per_input``: one WARC file -> one docs shard and one rejects shard, read and
+  extracted in one DoFn call (pipelines/shardwise.py; no ``Spread`` reshuffle of the records).
+  """
   files = warc_input_files(input_path)
-  logging.info("%s: %d WARC files -> %s", STAGE, len(files), output_dir)
+  logging.info("%s: %d WARC files -> %s (%s layout)", STAGE, len(files), output_dir, shard_layout)
+  if shard_layout == common.PER_INPUT:
+    shardwise.check_no_shard_count(num_shards, num_reject_shards)
+    with common.atomic_output_dir(output_dir) as tmp_dir:
+      shardwise.run_chain(files, ReadWarcRecords(source),
+                          [shardwise.Stage(STAGE, steps(config, html_to_text_fn), tmp_dir)],
+                          tmp_dir, options)
+    return common.read_stats(output_dir)
   with common.atomic_output_dir(output_dir) as tmp_dir:
     with beam.Pipeline(options=options) as p:
       _ = (
@@ -572,10 +590,10 @@ def add_args(parser) -> None:
 
 
 def main(argv=None) -> dict[str, Any]:
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args, per_input=True)
   return run(args.input, args.output_dir, args.num_shards, config_from_args(ExtractConfig, args),
              args.source, options, num_reject_shards=args.num_reject_shards,
-             target_shard_bytes=args.target_shard_bytes)
+             target_shard_bytes=args.target_shard_bytes, shard_layout=args.shard_layout)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,16 @@ their outputs. The separate jobs stay, for debugging one stage.
 
     python -m pipelines.filter --input='data/sample/*.warc.gz' --output_dir=out/filter \
         --languages=en [--dedupe] [Beam pipeline options]
+
+With ``--shard_layout=per_input`` each WARC file goes through every stage in one DoFn call and
+gives one docs shard (pipelines/shardwise.py: no shuffle of documents, memory flat in the number of
+files); ``--dedupe`` is refused there and runs as the next job.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from typing import Any, Sequence
 
@@ -29,7 +34,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import common, dedupe, extract, pii, quality, toxicity
+from pipelines import common, dedupe, extract, pii, quality, shardwise, toxicity
 
 STAGE = "filter"
 STAGES_DIR = "stages"
@@ -71,6 +76,8 @@ def _job_stats_items(stage_stats: Sequence[dict[str, Any]]) -> list[tuple[str, A
 
 
 def run(args: argparse.Namespace, options=None) -> dict[str, Any]:
+  if args.shard_layout == common.PER_INPUT:
+    return run_per_input(args, options)
   files = extract.warc_input_files(args.input)
   stages = list(DOC_STAGES) + ([(dedupe.STAGE, dedupe)] if args.dedupe else [])
   transforms = [(name, module.build(args)) for name, module in stages]  # Config errors fail here.
@@ -109,11 +116,42 @@ def _report(tmp_dir: str, stage: str, args: argparse.Namespace) -> common.WriteS
 
 def _write_job_stats(tmp_dir: str, indexed_stats) -> dict[str, Any]:
   stage_stats = [stats for _, stats in sorted(indexed_stats, key=lambda pair: pair[0])]
+  return write_job_stats(tmp_dir, stage_stats)
+
+
+def write_job_stats(tmp_dir: str, stage_stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return common.write_stats(tmp_dir, common.make_stats(STAGE, _job_stats_items(stage_stats)))
 
 
+def run_per_input(args: argparse.Namespace, options=None) -> dict[str, Any]:
+  """``--shard_layout=per_input``: every WARC file goes through extract -> quality -> PII ->
+  toxicity in one DoFn call and gives docs shard i-of-N and each stage's rejects shard i-of-N
+  (pipelines/shardwise.py); the stats files are the default layout's.
+
+  ``--dedupe`` is refused: near-duplicates are found across all files (a global shuffle), so
+  dedupe runs as the next job, ``python -m pipelines.dedupe --input=<this output_dir>``.
+  """
+  if args.dedupe:
+    raise common.StageError(
+        f"--dedupe cannot run inside the --shard_layout={common.PER_INPUT} job (dedupe compares "
+        "documents across all files): run `python -m pipelines.dedupe --input=<output_dir>` after it.")
+  shardwise.check_no_shard_count(args.num_shards, args.num_reject_shards)
+  files = extract.warc_input_files(args.input)
+  extract_config = quality.config_from_args(extract.ExtractConfig, args)
+  with common.atomic_output_dir(args.output_dir) as tmp_dir:
+    stages = [shardwise.Stage(extract.STAGE, extract.steps(extract_config),
+                              stage_dir(tmp_dir, extract.STAGE))]
+    stages += [shardwise.Stage(name, tuple(module.steps(args)), stage_dir(tmp_dir, name))
+               for name, module in DOC_STAGES]
+    logging.info("%s: %d WARC files -> %s (%s, per-input layout)", STAGE, len(files),
+                 args.output_dir, " -> ".join(stage.name for stage in stages))
+    shardwise.run_chain(files, extract.ReadWarcRecords(args.source), stages, tmp_dir, options,
+                        finish=functools.partial(write_job_stats, tmp_dir))
+  return common.read_stats(args.output_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args, per_input=True)
   return run(args, options)
 
 

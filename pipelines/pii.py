@@ -540,16 +540,20 @@ def _add_args(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace):
   """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
-  config = PiiConfig(args.max_hits, args.min_words_per_hit, args.density_min_hits)
-  return common.dofn_transform("RedactPii", RedactPii(config))
+  return common.dofn_transform("RedactPii", *steps(args))
+
+
+def steps(args: argparse.Namespace) -> tuple[beam.DoFn, ...]:
+  """The stage's DoFns, for ``build`` and for the per-input layout (pipelines/shardwise.py)."""
+  return (RedactPii(PiiConfig(args.max_hits, args.min_words_per_hit, args.density_min_hits)),)
 
 
 add_args = _add_args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
-  return common.run_doc_stage(STAGE, args, options, build(args))
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args, per_input=True)
+  return common.run_doc_stage(STAGE, args, options, build(args), steps(args))
 
 
 if __name__ == "__main__":

@@ -351,10 +351,14 @@ class ApplyQualityThresholds(beam.DoFn):
 
 def filter_quality(docs, config: QualityConfig, blocklist: Sequence[str] = ()):
   """The stage's transform: tagged output with ``kept`` and ``rejects``."""
-  tagged = docs | "TagQuality" >> beam.ParDo(TagQuality(config, blocklist)).with_outputs(
-      common.REJECTS_TAG, main="tagged")
-  decided = tagged.tagged | "ApplyThresholds" >> beam.ParDo(
-      ApplyQualityThresholds(config)).with_outputs(common.REJECTS_TAG, main="kept")
+  return apply_steps(docs, TagQuality(config, blocklist), ApplyQualityThresholds(config))
+
+
+def apply_steps(docs, tag: TagQuality, apply: ApplyQualityThresholds):
+  """The two DoFns of :func:`steps` as ParDos (the default layout)."""
+  tagged = docs | "TagQuality" >> beam.ParDo(tag).with_outputs(common.REJECTS_TAG, main="tagged")
+  decided = tagged.tagged | "ApplyThresholds" >> beam.ParDo(apply).with_outputs(
+      common.REJECTS_TAG, main="kept")
   rejects = (tagged[common.REJECTS_TAG], decided[common.REJECTS_TAG]) | (
       "QualityRejects" >> beam.Flatten())
   return {"kept": decided.kept, common.REJECTS_TAG: rejects}
@@ -390,14 +394,20 @@ def add_args(parser) -> None:
 
 def build(args):
   """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
+  tag, apply = steps(args)
+  return lambda docs: apply_steps(docs, tag, apply)
+
+
+def steps(args) -> tuple[beam.DoFn, ...]:
+  """The stage's DoFns in order: ParDos in the default layout (:func:`apply_steps`), run on each
+  input file in the per-input one (pipelines/shardwise.py)."""
   config = config_from_args(QualityConfig, args)
-  blocklist = load_blocklist(args.url_blocklist)
-  return lambda docs: filter_quality(docs, config, blocklist)
+  return TagQuality(config, load_blocklist(args.url_blocklist)), ApplyQualityThresholds(config)
 
 
 def main(argv=None) -> dict[str, Any]:
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
-  return common.run_doc_stage(STAGE, args, options, build(args))
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args, per_input=True)
+  return common.run_doc_stage(STAGE, args, options, build(args), steps(args))
 
 
 if __name__ == "__main__":

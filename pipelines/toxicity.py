@@ -359,17 +359,22 @@ def _add_args(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace):
   """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
+  return common.dofn_transform("ScoreToxicity", *steps(args))
+
+
+def steps(args: argparse.Namespace) -> tuple[beam.DoFn, ...]:
+  """The stage's DoFns, for ``build`` and for the per-input layout (pipelines/shardwise.py)."""
   config = ToxicityConfig(args.threshold)
   classifier()  # Fail before the pipeline starts if the weights are missing or stale.
-  return common.dofn_transform("ScoreToxicity", ScoreToxicity(config))
+  return (ScoreToxicity(config),)
 
 
 add_args = _add_args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
-  return common.run_doc_stage(STAGE, args, options, build(args))
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args, per_input=True)
+  return common.run_doc_stage(STAGE, args, options, build(args), steps(args))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     python -m pipelines.train_tokenizer --output_dir=<dir> --model_file=<existing tokenizer.model>
 
 A Beam job draws the sample (the ``K`` documents with the smallest ``stable_hash(id)``, so the
-sample does not depend on input order or sharding) and writes its lines to ``sample.txt``; the
+sample does not depend on input order or sharding; it reads the input twice, keys then the
+sampled documents, so that it holds only the sample) and writes its lines to ``sample.txt``; the
 driver then trains SentencePiece on that file with Gemma's settings (see ``gemma_trainer_spec``):
 BPE, byte fallback, split digits, no normalisation, pad/eos/bos/unk = 0/1/2/3 and the
 ``<start_of_turn>``/``<end_of_turn>`` symbols. Training reads the sample through an iterator and
@@ -29,10 +30,11 @@ from typing import Any, Sequence
 import apache_beam as beam
 import sentencepiece as spm
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from sentencepiece import sentencepiece_model_pb2
 
-from pipelines import common
+from pipelines import common, shardwise
 
 STAGE = "train_tokenizer"
 MODEL_FILE = "tokenizer.model"
@@ -158,40 +160,91 @@ def sample_key(doc: common.Doc) -> tuple[int, str]:
   return common.stable_hash(doc_id), doc_id
 
 
-class SampleDocs(beam.PTransform):
-  """Keeps the ``sample_docs`` documents with the smallest ``sample_key`` (all when None)."""
+# With --sample_docs the job reads its input files twice instead of holding the documents: the
+# threshold step needs the K smallest keys first, and the local runner keeps in memory a
+# PCollection that a later step reads again, so keeping only the documents below the threshold
+# from one read held every document. Pass 1 reads the files for the keys (Top.Smallest keeps K per
+# bundle) and the counts; pass 2 reads them again and emits only the sampled documents (K, plus
+# any documents that share the K-th key's id).
+COUNTS_TAG = "counts"
 
-  def __init__(self, sample_docs: int | None):
+
+class _SampleKeys(common.CountProgress):
+  """Pass 1: a stage shard's path -> the ``sample_key`` of each document, and (tagged
+  ``counts``) its ``in`` and reader drops, as the default reader counts them."""
+
+  def process(self, path: str):
+    counts: dict[str, int] = {"in": 0}
+    for parsed in shardwise.ReadDocShard(STAGE).process(path):
+      self.count()
+      counts["in"] += 1
+      if isinstance(parsed, beam.pvalue.TaggedOutput):
+        reason = "dropped." + parsed.value["reason"]
+        counts[reason] = counts.get(reason, 0) + 1
+      else:
+        yield sample_key(parsed)
+    for key, n in sorted(counts.items()):
+      yield beam.pvalue.TaggedOutput(COUNTS_TAG, (key, n))
+
+
+class _ReadSampled(beam.DoFn):
+  """Pass 2: a stage shard's path -> its documents with ``sample_key <= largest_key`` (kept), and
+  (tagged ``counts``) how many were kept and ``not_sampled``. Lines that are not documents were
+  counted in pass 1 and are skipped here."""
+
+  def process(self, path: str, largest_key):
+    largest = tuple(largest_key) if largest_key is not None else None
+    counts = {"kept": 0, "dropped.not_sampled": 0}
+    not_sampled = Metrics.counter(STAGE, "dropped.not_sampled")
+    for line in shardwise.read_lines(path):
+      doc, _, _ = common.parse_doc(line)
+      if doc is None:
+        continue
+      if largest is not None and sample_key(doc) <= largest:
+        counts["kept"] += 1
+        yield common.keep(STAGE, doc)
+      else:
+        counts["dropped.not_sampled"] += 1
+        not_sampled.inc()
+    for key, n in sorted(counts.items()):
+      if n:  # A reason that never occurred is not in stats.json, as with the default reader.
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (key, n))
+
+
+class SampleFiles(beam.PTransform):
+  """Stage shards -> ``{"kept": the sampled documents, "counts": (key, n) pairs}`` for
+  ``--sample_docs``, reading the files twice (see COUNTS_TAG above): memory O(sample_docs)."""
+
+  def __init__(self, files: Sequence[str], sample_docs: int):
     super().__init__()
-    if sample_docs is not None and sample_docs < 1:
+    if sample_docs < 1:
       raise common.StageError(f"--sample_docs must be at least 1, got {sample_docs}.")
+    self._files = list(files)
     self._sample_docs = sample_docs
 
-  def expand(self, docs):
-    if self._sample_docs is None:
-      return docs | "KeepAll" >> beam.Map(self._keep)
+  def expand(self, pbegin):
+    keys = (pbegin
+            | "Files" >> beam.Create(self._files)
+            | "ReadKeys" >> beam.ParDo(_SampleKeys(STAGE)).with_outputs(COUNTS_TAG, main="keys"))
     largest = (
-        docs
-        | "Keys" >> beam.Map(sample_key)
+        keys.keys
         | "Smallest" >> beam.combiners.Top.Smallest(self._sample_docs)
-        | "Largest" >> beam.Map(lambda keys: keys[-1] if keys else None)
+        | "Largest" >> beam.Map(lambda found: found[-1] if found else None)
     )
-    return docs | "Threshold" >> beam.ParDo(
-        _KeepBelow(), beam.pvalue.AsSingleton(largest)
-    ).with_outputs(common.REJECTS_TAG, main="kept")
+    sampled = (pbegin
+               | "FilesAgain" >> beam.Create(self._files)
+               | "ReadSampled" >> beam.ParDo(
+                   _ReadSampled(), beam.pvalue.AsSingleton(largest)).with_outputs(
+                       COUNTS_TAG, main="kept"))
+    counts = (keys[COUNTS_TAG], sampled[COUNTS_TAG]) | "AllCounts" >> beam.Flatten()
+    return {"kept": sampled.kept, "counts": counts | "Sum" >> beam.CombinePerKey(sum)}
 
-  @staticmethod
-  def _keep(doc):
-    return common.keep(STAGE, doc)
 
-
-class _KeepBelow(beam.DoFn):
-
-  def process(self, doc, largest_key):
-    if largest_key is not None and sample_key(doc) <= tuple(largest_key):
-      yield common.keep(STAGE, doc)
-    else:
-      yield common.reject(STAGE, "not_sampled", {"id": doc["id"]})
+def _check_accounting(items, input_path: str, expected: int | None) -> dict[str, Any]:
+  stats = common.make_stats(STAGE, items)
+  if expected is not None:
+    common.check_line_count(stats["in"], input_path, expected)
+  return stats
 
 
 def write_sample(docs: list[common.Doc], path: str, max_sentence_length: int) -> dict[str, int]:
@@ -283,21 +336,13 @@ def train_tokenizer(
     sample_path = FileSystems.join(tmp_dir, SAMPLE_FILE)
     counts_path = FileSystems.join(tmp_dir, "sample_counts.json")
     with beam.Pipeline(options=options or PipelineOptions()) as p:
-      parsed = p | "Read" >> common.ReadDocs(input_path, STAGE)
-      inputs = (parsed.docs, parsed[common.REJECTS_TAG])  # Counted apart: common.CountAll.
-      sampled = parsed.docs | "Sample" >> SampleDocs(sample_docs)
-      kept = sampled if sample_docs is None else sampled.kept
-      rejects = [parsed[common.REJECTS_TAG]]
-      if sample_docs is not None:
-        rejects.append(sampled[common.REJECTS_TAG])
-      counts = [
-          inputs | "CountIn" >> common.CountAll() | "TagIn" >> beam.Map(lambda n: ("in", n)),
-          kept | "CountKept" >> beam.combiners.Count.Globally() | "TagKept" >> beam.Map(lambda n: ("kept", n)),
-          rejects
-          | "AllRejects" >> beam.Flatten()
-          | "Reason" >> beam.Map(lambda r: ("dropped." + r["reason"], 1))
-          | "CountReasons" >> beam.CombinePerKey(sum),
-      ]
+      expected = None  # The default reader checks the line count itself.
+      if sample_docs is None:
+        kept, counts = _keep_all(p, input_path)
+      else:
+        sampled = p | "Sample" >> SampleFiles(common.stage_input_files(input_path), sample_docs)
+        kept, counts = sampled["kept"], [sampled["counts"]]
+        expected = common.expected_kept(input_path)
       _ = (
           kept
           | "AllSampled" >> beam.combiners.ToList()
@@ -312,7 +357,8 @@ def train_tokenizer(
           | "FlattenCounts" >> beam.Flatten()
           | "AllCounts" >> beam.combiners.ToList()
           | "WriteCounts" >> beam.Map(lambda items: _write_json(
-              FileSystems.join(tmp_dir, "accounting.json"), common.make_stats(STAGE, items)))
+              FileSystems.join(tmp_dir, "accounting.json"),
+              _check_accounting(items, input_path, expected)))
       )
     stats = _read_json(FileSystems.join(tmp_dir, "accounting.json"))
     stats.update(_read_json(counts_path))
@@ -326,6 +372,22 @@ def train_tokenizer(
   stats = common.read_stats(output_dir)
   logging.info("%s: vocab_size=%d sample_docs=%d", STAGE, stats["vocab_size"], stats["sample_docs"])
   return stats
+
+
+def _keep_all(p, input_path: str):
+  """Without --sample_docs every document is the sample (memory grows with the input, as the
+  sample does): ``(kept, [count pairs])``."""
+  parsed = p | "Read" >> common.ReadDocs(input_path, STAGE)
+  inputs = (parsed.docs, parsed[common.REJECTS_TAG])  # Counted apart: common.CountAll.
+  kept = parsed.docs | "KeepAll" >> beam.Map(lambda doc: common.keep(STAGE, doc))
+  counts = [
+      inputs | "CountIn" >> common.CountAll() | "TagIn" >> beam.Map(lambda n: ("in", n)),
+      kept | "CountKept" >> beam.combiners.Count.Globally() | "TagKept" >> beam.Map(lambda n: ("kept", n)),
+      parsed[common.REJECTS_TAG]
+      | "Reason" >> beam.Map(lambda r: ("dropped." + r["reason"], 1))
+      | "CountReasons" >> beam.CombinePerKey(sum),
+  ]
+  return kept, counts
 
 
 def _read_json(path: str) -> Any:

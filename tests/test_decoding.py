@@ -211,3 +211,48 @@ def test_left_pad_with_bos_handles_either_padding_side():
                                 [[0, 0, 2, 5, 6], [0, 0, 2, 7, 8], [0, 0, 0, 0, 2]])
   with pytest.raises(ValueError, match="integer"):
     decoding.left_pad_with_bos(jnp.ones((1, 2), jnp.float32), 2)
+
+
+@pytest.mark.parametrize("tokens", [(1, 1), (2, 64)], ids=["few_tokens", "many_tokens"])
+def test_stacked_token_einsum_equals_one_einsum_per_weight(tokens):
+  """Both ways of contracting a stack of weights (a batched dot over the stack, or weight slices)
+  give each weight's own einsum; the shapes put one case on each side of the choice."""
+  from model import modules
+  x = jax.random.normal(jax.random.PRNGKey(0), tokens + (16,))
+  stacked = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 128))
+  few = not modules.weight_copy_is_cheaper(x, stacked)
+  assert few == (tokens == (1, 1))
+  got = modules.stacked_token_einsum("MD,DF->MF", x, stacked)
+  for out, w in zip(got, stacked, strict=True):
+    np.testing.assert_allclose(out, jnp.einsum("BTD,DF->BTF", x, w), rtol=1e-5, atol=1e-5)
+
+
+def _weight_copies(hlo_text: str, weight_shapes: set) -> list[str]:
+  """The ops of a compiled module that write a weight-sized array other than by a dot: a slice,
+  transpose or copy of a weight, as XLA:CPU emits for `stacked[c]` or a transposed operand."""
+  import re
+  found = []
+  for line in hlo_text.splitlines():
+    m = re.search(r"= f32\[([0-9,]*)\]\{[0-9,]*\} (slice|transpose|copy|fusion)\(", line)
+    if m and "kind=kCustom" not in line:
+      shape = tuple(sorted(int(d) for d in m.group(1).split(",") if d))
+      if shape in weight_shapes:
+        found.append(line.strip()[:160])
+  return found
+
+
+def test_a_decoding_step_reads_the_weights_as_stored():
+  """One decode step multiplies by every weight where it lies: no weight is sliced out of its
+  stack or transposed first (at one token per row such a copy cost more than the matmul: the
+  per-step time halved when they went, docs/model_benchmarks.md)."""
+  config = get_config("tiny", num_kv_heads=1, dtype="float32", embed_dim=128, hidden_dim=512,
+                      num_heads=4, head_dim=32)
+  params = Transformer(config).init(jax.random.PRNGKey(0), jnp.ones((1, 1), jnp.int32),
+                                    jnp.zeros((1, 1), jnp.int32))["params"]
+  weights = {tuple(sorted(w.shape)) for w in jax.tree.leaves(params) if w.ndim >= 2}
+  weights |= {tuple(sorted(w.shape[1:])) for w in jax.tree.leaves(params) if w.ndim >= 3}
+  cache = init_cache(config, 2, 8)
+  step = jax.jit(lambda p, c, t: decoding._step(Transformer(config), p, t, jnp.zeros_like(t), jnp.ones_like(t), c))
+  tokens = jnp.ones((2, 1), jnp.int32)
+  copies = _weight_copies(step.lower(params, cache, tokens).compile().as_text(), weights)
+  assert not copies, "\n".join(copies)

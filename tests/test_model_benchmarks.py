@@ -92,3 +92,76 @@ def test_benchmarks_import_nothing_missing_on_the_gpu_machine():
           "{'gin', 'clu', 'seqio', 'tensorflow', 'apache_beam', 'sentencepiece'}))")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
   assert result.stdout.strip() == "[]"
+
+
+def test_variants_time_the_code_as_it_was_in_the_same_run():
+  """`--variants copies` runs ours as it was before it stopped copying weights: a side of its own,
+  computing the same losses / tokens (only the speed differs)."""
+  result = model_train_step.main(SMOKE + ["--batch_size", "2", "--seq_len", "16", "--variants", "copies",
+                                          "--result", "none"])
+  assert result["sides"]["ours[copies]"]["values"] == pytest.approx(result["sides"]["ours"]["values"], abs=1e-5)
+  result = model_decode.main(SMOKE + ["--batch_size", "2", "--seq_len", "8", "--new_tokens", "4",
+                                      "--variants", "copies", "--result", "none"])
+  assert result["sides"]["ours[copies]"]["values"] == result["sides"]["ours"]["values"]
+
+
+def test_roofline_counts_the_flops_xla_compiles():
+  """The roofline's model FLOPs (benchmarks/cpu_roofline.py) against XLA's own count of the
+  compiled forward pass, and its parameter count against the initialised model's."""
+  import dataclasses
+
+  import jax
+  import jax.numpy as jnp
+
+  from benchmarks import cpu_roofline
+  from model.transformer import Transformer
+
+  config = _common.build_config("tiny", {}, "float32")
+  c = dataclasses.asdict(config)
+  tokens = jnp.ones((2, 32), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(32), (2, 32))
+  params = Transformer(config).init(jax.random.PRNGKey(0), tokens, positions)["params"]
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  matmul = sum(leaf.size for path, leaf in flat if "scale" not in jax.tree_util.keystr(path))
+  assert cpu_roofline.matmul_params(c) == matmul
+  forward = jax.jit(lambda p, t, pos: Transformer(config).apply({"params": p}, t, pos)[0])
+  xla_flops = forward.lower(params, jax.ShapeDtypeStruct(tokens.shape, jnp.int32),
+                            jax.ShapeDtypeStruct(positions.shape, jnp.int32)).compile().cost_analysis()["flops"]
+  ours = 2 * 2 * 32 * cpu_roofline.matmul_params(c) + cpu_roofline.attention_flops(c, 2, 32)
+  assert ours <= xla_flops <= 1.15 * ours  # XLA also counts the elementwise work.
+  settings = {"config": c, "batch_size": 2, "seq_len": 32, "new_tokens": 5}
+  step = cpu_roofline.train_step_bound(settings, peak_flops=1e9, read_bytes_per_s=1e9)
+  assert step["flops"] == 3 * ours and step["bound_cpu_s"] > step["flops"] / 1e9
+  decode = cpu_roofline.decode_bound(settings, peak_flops=1e9, read_bytes_per_s=1e9)
+  assert decode["bytes"] == 4 * 4 * cpu_roofline.matmul_params(c)  # Every weight, once per token after the first.
+
+
+def test_tpu_plan_counts_the_papers_parameters_and_tokens():
+  """benchmarks/tpu_plan.py against the Gemma paper's Table 1 (embedding + non-embedding
+  parameters, norms included) and its token counts (3T for 2B, 6T for 7B), read from the gins."""
+  from benchmarks import tpu_plan
+
+  result = tpu_plan.main(["--mfu", "0.5", "--result", "none"])
+  paper = {"gemma_2b": (524_550_144 + 1_981_884_416, 18, 2048, 3e12),
+           "gemma_7b": (786_825_216 + 7_751_248_896, 28, 3072, 6e12)}
+  for name, (params, layers, width, tokens) in paper.items():
+    run = result["runs"][name]
+    assert run["matmul_params"] + (2 * layers + 1) * width == params  # + the RMSNorm scales.
+    assert run["train_tokens"] == pytest.approx(tokens, rel=0.01)
+    assert run["at_assumed_mfu"][0]["step_s"] == pytest.approx(2 * run["step_s_at_full_mfu"])
+
+
+def test_every_ratio_the_model_docs_quote_is_in_a_committed_result():
+  """docs/model_benchmarks.md quotes per-pair medians in bold; each must be the CPU-time median
+  of some committed result file (the docs quote only committed numbers)."""
+  import glob
+  import re
+
+  medians = set()
+  for path in glob.glob(os.path.join(REPO, "benchmarks", "results", "*.json")):
+    for ratio in json.load(open(path)).get("ratios", {}).values():
+      medians.add(f"{ratio['cpu']['median']:.2f}")
+  doc = open(os.path.join(REPO, "docs", "model_benchmarks.md")).read()
+  quoted = re.findall(r"/ \*\*([0-9.]+)\*\* /", doc)
+  assert len(quoted) >= 10
+  assert sorted(set(quoted) - medians) == []

@@ -1,0 +1,169 @@
+"""How fast could any implementation run the model benchmarks on this CPU? A roofline.
+
+    python -m benchmarks.cpu_roofline [--pairs=7] [--cpus=1] [--result=PATH]
+
+A speed-up target against a peer is only meaningful if it is reachable: if the peer already runs
+near what the machine can do, no code is 2x faster. This measures, with the harness's method (each
+side in its own pinned one-thread process, interleaved), what one core does at best:
+
+  jax_matmul / torch_matmul   a float32 [2048, 2048] x [2048, 2048] product (17.2 GFLOP), XLA:CPU
+                              and torch (oneDNN / MKL); the faster of the two is the peak rate.
+  read[<bytes>]               numpy's sum over a float32 buffer the size of a benchmarked model's
+                              weights: the rate at which one core streams them.
+
+Then, for each committed result of benchmarks/model_train_step.py and benchmarks/model_decode.py
+(benchmarks/results/train_step_*.json, decode_*.json; the model shape comes from the result's own
+settings), the least CPU time one run can take on this core:
+
+  training step   3 x 2 x tokens x (matmul parameters) + the attention products, at the peak rate,
+                  plus AdamW's traffic (read params, grads, both moments; write params and moments:
+                  7 x 4 bytes per parameter) at the read rate.
+  decoding        the prefill's products (last position's logits only) at the peak rate, plus one
+                  read of every matmul weight per generated token after the first, at the read rate.
+
+Everything else (softmax, norms, the optimizer's arithmetic, the loss) is left out, so the bound is
+generous. The largest ratio any implementation could reach against a peer is the peer's median CPU
+time over the bound; the result says, per target of the issue, whether it is reachable here.
+Writes benchmarks/results/cpu_roofline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+from benchmarks import harness
+
+MATMUL_SIZE = 2048
+# The issue's targets: ours at least this many times the peer's best path.
+TARGETS = {"train_step": 1.5, "decode": 2.0}
+
+
+def jax_matmul_side(size: int):
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  product = jax.jit(lambda a, b: a @ b)
+  product(a, b).block_until_ready()
+  return lambda: float(product(a, b).block_until_ready()[0, 0])
+
+
+def torch_matmul_side(size: int):
+  import torch
+  gen = torch.Generator().manual_seed(0)
+  a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+  return lambda: float((a @ b)[0, 0])
+
+
+def read_side(num_bytes: int):
+  import numpy as np
+  buffer = np.ones(num_bytes // 4, np.float32)
+  return lambda: float(buffer.sum(dtype=np.float32))
+
+
+def matmul_params(c: dict) -> int:
+  """Parameters that a forward pass multiplies by (the tied embedding once, as the logits)."""
+  per_layer = (c["num_heads"] * c["embed_dim"] * c["head_dim"] * 2  # q and the output projection
+               + 2 * c["num_kv_heads"] * c["embed_dim"] * c["head_dim"]  # k, v
+               + 3 * c["embed_dim"] * c["hidden_dim"])  # gate, up, down
+  return c["num_layers"] * per_layer + c["vocab_size"] * c["embed_dim"]
+
+
+def attention_flops(c: dict, batch: int, length: int) -> int:
+  """Forward FLOPs of q.k and p.v over the full [length, length] square (both sides compute it)."""
+  return c["num_layers"] * batch * 2 * 2 * length * length * c["num_heads"] * c["head_dim"]
+
+
+def train_step_bound(settings: dict, peak_flops: float, read_bytes_per_s: float) -> dict:
+  c, batch, length = settings["config"], settings["batch_size"], settings["seq_len"]
+  flops = 3 * (2 * batch * length * matmul_params(c) + attention_flops(c, batch, length))
+  optimizer_bytes = 7 * 4 * (matmul_params(c) + (2 * c["num_layers"] + 1) * c["embed_dim"])
+  return {"flops": flops, "bytes": optimizer_bytes,
+          "bound_cpu_s": flops / peak_flops + optimizer_bytes / read_bytes_per_s}
+
+
+def decode_bound(settings: dict, peak_flops: float, read_bytes_per_s: float) -> dict:
+  c, batch, prompt = settings["config"], settings["batch_size"], settings["seq_len"]
+  logits_params = c["vocab_size"] * c["embed_dim"]
+  flops = (2 * batch * prompt * (matmul_params(c) - logits_params) + 2 * batch * logits_params
+           + attention_flops(c, batch, prompt))
+  weight_bytes = 4 * matmul_params(c) * (settings["new_tokens"] - 1)
+  return {"flops": flops, "bytes": weight_bytes,
+          "bound_cpu_s": flops / peak_flops + weight_bytes / read_bytes_per_s}
+
+
+def model_results(results_dir: str, cpu_model: str) -> list[tuple[str, str, dict]]:
+  """(kind, path, result) of the committed float32 model benchmark results with peers that were
+  measured on a CPU of this model (a roofline of one machine says nothing about another's runs)."""
+  out = []
+  for kind, pattern in (("train_step", "train_step_*.json"), ("decode", "decode_*.json")):
+    for path in sorted(glob.glob(os.path.join(results_dir, pattern))):
+      result = json.load(open(path))
+      settings, machine = result.get("settings", {}), result.get("environment", {}).get("machine", {})
+      if settings.get("dtype") == "float32" and "config" in settings and machine.get("cpu_model") == cpu_model:
+        out.append((kind, path, result))
+  return out
+
+
+def weight_bytes(result: dict) -> int:
+  return 4 * matmul_params(result["settings"]["config"])
+
+
+def bound_row(kind: str, path: str, result: dict, peak_flops: float, read_rate: float) -> dict:
+  bound = (train_step_bound if kind == "train_step" else decode_bound)(result["settings"], peak_flops, read_rate)
+  medians = {name: side["cpu"]["median"] for name, side in result["sides"].items()}
+  peers = {name: t for name, t in medians.items() if name.startswith("transformers")}
+  best_peer = min(peers, key=peers.get)
+  max_ratio = peers[best_peer] / bound["bound_cpu_s"]
+  return {
+      "result": os.path.relpath(path), "kind": kind, **bound,
+      "ours_median_cpu_s": medians["ours"], "ours_over_bound": medians["ours"] / bound["bound_cpu_s"],
+      "best_peer": best_peer, "best_peer_median_cpu_s": peers[best_peer],
+      "measured_ratio_vs_best_peer": result["ratios"][best_peer]["cpu"]["median"],
+      "max_possible_ratio_vs_best_peer": max_ratio, "target": TARGETS[kind],
+      "target_reachable": max_ratio >= TARGETS[kind],
+  }
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  harness.add_flags(parser)
+  args = parser.parse_args(argv)
+  rows = model_results(harness.RESULTS_DIR, harness.machine()["cpu_model"])
+  if not rows:
+    raise SystemExit(f"no float32 model benchmark result in {harness.RESULTS_DIR} was measured on this CPU "
+                     f"({harness.machine()['cpu_model']!r}): run benchmarks/model_train_step.py and "
+                     "model_decode.py first")
+  sizes = sorted({weight_bytes(result) for _, _, result in rows})
+  sides = [harness.Side("jax_matmul", "benchmarks.cpu_roofline:jax_matmul_side", {"size": MATMUL_SIZE}),
+           harness.Side("torch_matmul", "benchmarks.cpu_roofline:torch_matmul_side", {"size": MATMUL_SIZE})]
+  sides += [harness.Side(f"read[{n}]", "benchmarks.cpu_roofline:read_side", {"num_bytes": n}) for n in sizes]
+  result = harness.run_paired("cpu_roofline", sides, pairs=args.pairs, warmup=args.warmup, threads=args.threads,
+                              cpus=args.cpus, settings=vars(args))
+  # The best run of each side: a roofline is what the machine can do, not what it does on average.
+  best = {name: min(side["cpu_s"]) for name, side in result["sides"].items()}
+  flops = 2 * MATMUL_SIZE**3
+  rates = {"matmul_flops_per_cpu_s": {lib: flops / best[f"{lib}_matmul"] for lib in ("jax", "torch")},
+           "read_bytes_per_cpu_s": {n: n / best[f"read[{n}]"] for n in sizes}}
+  peak = max(rates["matmul_flops_per_cpu_s"].values())
+  result["rates"] = rates
+  result["bounds"] = [bound_row(kind, path, r, peak, rates["read_bytes_per_cpu_s"][weight_bytes(r)])
+                      for kind, path, r in rows]
+  print(f"peak float32 matmul: jax {rates['matmul_flops_per_cpu_s']['jax'] / 1e9:.1f}, "
+        f"torch {rates['matmul_flops_per_cpu_s']['torch'] / 1e9:.1f} GFLOP per CPU-s; read: "
+        + ", ".join(f"{n / 2**20:.0f} MiB at {r / 1e9:.1f} GB/s" for n, r in rates["read_bytes_per_cpu_s"].items()))
+  for row in result["bounds"]:
+    print(f"{row['result']}: bound {row['bound_cpu_s']:.3f} CPU-s, ours {row['ours_median_cpu_s']:.3f} "
+          f"({row['ours_over_bound']:.2f}x the bound), {row['best_peer']} {row['best_peer_median_cpu_s']:.3f}; "
+          f"measured {row['measured_ratio_vs_best_peer']:.2f}x, at most {row['max_possible_ratio_vs_best_peer']:.2f}x "
+          f"possible, target {row['target']}x {'reachable' if row['target_reachable'] else 'NOT reachable'}")
+  if args.result != "none":
+    print(f"wrote {harness.write_result(result, args.result)}")
+  return result
+
+
+if __name__ == "__main__":
+  main()

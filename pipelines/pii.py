@@ -540,7 +540,12 @@ def _add_args(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace):
   """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
-  return common.dofn_transform("RedactPii", *steps(args))
+  return transform(steps(args))
+
+
+def transform(dofns: tuple[beam.DoFn, ...]):
+  """The transform that applies :func:`steps`' DoFn as a ParDo (the default layout)."""
+  return common.dofn_transform("RedactPii", *dofns)
 
 
 def steps(args: argparse.Namespace) -> tuple[beam.DoFn, ...]:
@@ -553,7 +558,8 @@ add_args = _add_args
 
 def main(argv: Sequence[str] | None = None) -> dict:
   args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args, per_input=True)
-  return common.run_doc_stage(STAGE, args, options, build(args), steps(args))
+  dofns = steps(args)  # Built once: both layouts get these DoFns.
+  return common.run_doc_stage(STAGE, args, options, transform(dofns), dofns)
 
 
 if __name__ == "__main__":

@@ -394,8 +394,12 @@ def add_args(parser) -> None:
 
 def build(args):
   """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
-  tag, apply = steps(args)
-  return lambda docs: apply_steps(docs, tag, apply)
+  return transform(steps(args))
+
+
+def transform(dofns: tuple[beam.DoFn, ...]):
+  """The transform that applies :func:`steps`' DoFns as ParDos (the default layout)."""
+  return lambda docs: apply_steps(docs, *dofns)
 
 
 def steps(args) -> tuple[beam.DoFn, ...]:
@@ -407,7 +411,8 @@ def steps(args) -> tuple[beam.DoFn, ...]:
 
 def main(argv=None) -> dict[str, Any]:
   args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args, per_input=True)
-  return common.run_doc_stage(STAGE, args, options, build(args), steps(args))
+  dofns = steps(args)  # Built once: the blocklist is read once, both layouts get these DoFns.
+  return common.run_doc_stage(STAGE, args, options, transform(dofns), dofns)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,7 @@ class SampleFiles(beam.PTransform):
   def expand(self, pbegin):
     keys = (pbegin
             | "Files" >> beam.Create(self._files)
+            | "SpreadFiles" >> beam.Reshuffle()  # Else a runner fuses Create into one worker's read.
             | "ReadKeys" >> beam.ParDo(_SampleKeys(STAGE)).with_outputs(COUNTS_TAG, main="keys"))
     largest = (
         keys.keys
@@ -233,6 +234,7 @@ class SampleFiles(beam.PTransform):
     )
     sampled = (pbegin
                | "FilesAgain" >> beam.Create(self._files)
+               | "SpreadFilesAgain" >> beam.Reshuffle()
                | "ReadSampled" >> beam.ParDo(
                    _ReadSampled(), beam.pvalue.AsSingleton(largest)).with_outputs(
                        COUNTS_TAG, main="kept"))

@@ -24,6 +24,22 @@ settings), the least CPU time one run can take on this core:
 Everything else (softmax, norms, the optimizer's arithmetic, the loss) is left out, so the bound is
 generous. The largest ratio any implementation could reach against a peer is the peer's median CPU
 time over the bound; the result says, per target of the issue, whether it is reachable here.
+
+A JAX program does not get to pick its kernels: every product is XLA:CPU's. So a training row
+also has an *XLA floor*, the same sum with the FLOPs at jax_matmul's rate (XLA's best, on a large
+square product; the model's smaller ones run slower, so it is still a lower bound). The peer's
+median over it is the most any JAX program could reach against that peer on this machine
+(``max_ratio_with_xla_kernels``, ``target_reachable_with_xla_kernels``).
+
+Decoding is bounded by how fast a kernel streams weights at a few rows, so a decode row records
+that rate for both libraries (``kernel_stream_rates``):
+
+  jax_gemv[<config>_b<batch>][<layout>] / torch_gemv[...]   [batch, in] x every matmul weight of
+                              the model, stored [in, out] or [out, in], in one call per run.
+
+It is not turned into a floor: the decoding step batches these products and re-reads the same
+weights every step (a small model's stay in the caches), so a real step can beat the sum of
+isolated products (at ``small`` it does).
 Writes benchmarks/results/cpu_roofline.json.
 """
 
@@ -62,6 +78,45 @@ def read_side(num_bytes: int):
   import numpy as np
   buffer = np.ones(num_bytes // 4, np.float32)
   return lambda: float(buffer.sum(dtype=np.float32))
+
+
+def decode_weight_shapes(c: dict) -> list[tuple[int, int]]:
+  """(in, out) of every product a decoding step makes, one per weight matrix: q, k and v, the
+  attention output, gate and up, down per layer, and the logits over the tied embedding."""
+  attention = [(c["embed_dim"], c["num_heads"] * c["head_dim"]),
+               (c["embed_dim"], 2 * c["num_kv_heads"] * c["head_dim"]),
+               (c["num_heads"] * c["head_dim"], c["embed_dim"])]
+  mlp = [(c["embed_dim"], 2 * c["hidden_dim"]), (c["hidden_dim"], c["embed_dim"])]
+  return (attention + mlp) * c["num_layers"] + [(c["embed_dim"], c["vocab_size"])]
+
+
+def jax_gemv_side(config: dict, batch: int, transposed: bool):
+  """x [batch, in] times each decode weight [in, out] (``transposed``: stored [out, in], as the
+  tied embedding is), all in one jitted call."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  rng = np.random.default_rng(0)
+  shapes = decode_weight_shapes(config)
+  weights = [jnp.asarray(rng.standard_normal((n, k) if transposed else (k, n), np.float32))
+             for k, n in shapes]
+  xs = [jnp.asarray(rng.standard_normal((batch, k), np.float32)) for k, _ in shapes]
+  spec = "bk,nk->bn" if transposed else "bk,kn->bn"
+  products = jax.jit(lambda xs, ws: [jnp.einsum(spec, x, w) for x, w in zip(xs, ws)])
+  jax.block_until_ready(products(xs, weights))
+  return lambda: float(jax.block_until_ready(products(xs, weights))[-1][0, 0])
+
+
+def torch_gemv_side(config: dict, batch: int, transposed: bool):
+  """The same products with torch's kernels (``F.linear`` on [out, in] weights: its layout)."""
+  import torch
+  gen = torch.Generator().manual_seed(0)
+  shapes = decode_weight_shapes(config)
+  weights = [torch.randn((n, k) if transposed else (k, n), generator=gen) for k, n in shapes]
+  xs = [torch.randn(batch, k, generator=gen) for k, _ in shapes]
+  if transposed:
+    return lambda: float(sum(float(torch.nn.functional.linear(x, w)[0, 0]) for x, w in zip(xs, weights)))
+  return lambda: float(sum(float((x @ w)[0, 0]) for x, w in zip(xs, weights)))
 
 
 def matmul_params(c: dict) -> int:
@@ -112,13 +167,22 @@ def weight_bytes(result: dict) -> int:
   return 4 * matmul_params(result["settings"]["config"])
 
 
-def bound_row(kind: str, path: str, result: dict, peak_flops: float, read_rate: float) -> dict:
-  bound = (train_step_bound if kind == "train_step" else decode_bound)(result["settings"], peak_flops, read_rate)
+def gemv_key(result: dict) -> str:
+  """The config and batch a decode result's gemv sides are measured at."""
+  return f"{result['sides']['ours']['kwargs']['model']['name']}_b{result['settings']['batch_size']}"
+
+
+def bound_row(kind: str, path: str, result: dict, peak_flops: float, read_rate: float,
+              xla_flops: float, stream_rates: dict[str, float]) -> dict:
+  """``xla_flops``: XLA's matmul rate (a training step's XLA floor); ``stream_rates``: the gemv
+  rates measured at a decode row's config and batch."""
+  bound_fn = train_step_bound if kind == "train_step" else decode_bound
+  bound = bound_fn(result["settings"], peak_flops, read_rate)
   medians = {name: side["cpu"]["median"] for name, side in result["sides"].items()}
   peers = {name: t for name, t in medians.items() if name.startswith("transformers")}
   best_peer = min(peers, key=peers.get)
   max_ratio = peers[best_peer] / bound["bound_cpu_s"]
-  return {
+  row = {
       "result": os.path.relpath(path), "kind": kind, **bound,
       "ours_median_cpu_s": medians["ours"], "ours_over_bound": medians["ours"] / bound["bound_cpu_s"],
       "best_peer": best_peer, "best_peer_median_cpu_s": peers[best_peer],
@@ -126,6 +190,14 @@ def bound_row(kind: str, path: str, result: dict, peak_flops: float, read_rate: 
       "max_possible_ratio_vs_best_peer": max_ratio, "target": TARGETS[kind],
       "target_reachable": max_ratio >= TARGETS[kind],
   }
+  if kind == "train_step":
+    xla_floor = bound_fn(result["settings"], xla_flops, read_rate)["bound_cpu_s"]
+    row.update({"xla_floor_cpu_s": xla_floor, "ours_over_xla_floor": medians["ours"] / xla_floor,
+                "max_ratio_with_xla_kernels": peers[best_peer] / xla_floor,
+                "target_reachable_with_xla_kernels": peers[best_peer] / xla_floor >= TARGETS[kind]})
+  else:
+    row["kernel_stream_rates"] = stream_rates
+  return row
 
 
 def main(argv=None) -> dict:
@@ -141,6 +213,13 @@ def main(argv=None) -> dict:
   sides = [harness.Side("jax_matmul", "benchmarks.cpu_roofline:jax_matmul_side", {"size": MATMUL_SIZE}),
            harness.Side("torch_matmul", "benchmarks.cpu_roofline:torch_matmul_side", {"size": MATMUL_SIZE})]
   sides += [harness.Side(f"read[{n}]", "benchmarks.cpu_roofline:read_side", {"num_bytes": n}) for n in sizes]
+  decodes = {gemv_key(r): r["settings"] for kind, _, r in rows if kind == "decode"}
+  for key, settings in sorted(decodes.items()):
+    for lib in ("jax", "torch"):
+      for layout, transposed in (("in_out", False), ("out_in", True)):
+        sides.append(harness.Side(f"{lib}_gemv[{key}][{layout}]", f"benchmarks.cpu_roofline:{lib}_gemv_side",
+                                  {"config": settings["config"], "batch": settings["batch_size"],
+                                   "transposed": transposed}))
   result = harness.run_paired("cpu_roofline", sides, pairs=args.pairs, warmup=args.warmup, threads=args.threads,
                               cpus=args.cpus, settings=vars(args))
   # The best run of each side: a roofline is what the machine can do, not what it does on average.
@@ -148,9 +227,21 @@ def main(argv=None) -> dict:
   flops = 2 * MATMUL_SIZE**3
   rates = {"matmul_flops_per_cpu_s": {lib: flops / best[f"{lib}_matmul"] for lib in ("jax", "torch")},
            "read_bytes_per_cpu_s": {n: n / best[f"read[{n}]"] for n in sizes}}
+  rates["gemv_bytes_per_cpu_s"] = {
+      f"{lib}_gemv[{key}][{layout}]": 4 * sum(k * n for k, n in decode_weight_shapes(settings["config"]))
+      / best[f"{lib}_gemv[{key}][{layout}]"]
+      for key, settings in decodes.items() for lib in ("jax", "torch") for layout in ("in_out", "out_in")}
   peak = max(rates["matmul_flops_per_cpu_s"].values())
+  xla_flops = rates["matmul_flops_per_cpu_s"]["jax"]
+
+  def stream_rates(kind, r):
+    if kind == "train_step":
+      return {}
+    return {name: rate for name, rate in rates["gemv_bytes_per_cpu_s"].items() if f"[{gemv_key(r)}]" in name}
+
   result["rates"] = rates
-  result["bounds"] = [bound_row(kind, path, r, peak, rates["read_bytes_per_cpu_s"][weight_bytes(r)])
+  result["bounds"] = [bound_row(kind, path, r, peak, rates["read_bytes_per_cpu_s"][weight_bytes(r)],
+                                xla_flops, stream_rates(kind, r))
                       for kind, path, r in rows]
   print(f"peak float32 matmul: jax {rates['matmul_flops_per_cpu_s']['jax'] / 1e9:.1f}, "
         f"torch {rates['matmul_flops_per_cpu_s']['torch'] / 1e9:.1f} GFLOP per CPU-s; read: "
@@ -159,7 +250,11 @@ def main(argv=None) -> dict:
     print(f"{row['result']}: bound {row['bound_cpu_s']:.3f} CPU-s, ours {row['ours_median_cpu_s']:.3f} "
           f"({row['ours_over_bound']:.2f}x the bound), {row['best_peer']} {row['best_peer_median_cpu_s']:.3f}; "
           f"measured {row['measured_ratio_vs_best_peer']:.2f}x, at most {row['max_possible_ratio_vs_best_peer']:.2f}x "
-          f"possible, target {row['target']}x {'reachable' if row['target_reachable'] else 'NOT reachable'}")
+          f"possible, target {row['target']}x {'reachable' if row['target_reachable'] else 'NOT reachable'}"
+          + (f"; with XLA's matmul rate: floor {row['xla_floor_cpu_s']:.3f} CPU-s, at most "
+             f"{row['max_ratio_with_xla_kernels']:.2f}x" if "xla_floor_cpu_s" in row else ""))
+  for name, rate in rates["gemv_bytes_per_cpu_s"].items():
+    print(f"{name}: {rate / 1e9:.1f} GB/s")
   if args.result != "none":
     print(f"wrote {harness.write_result(result, args.result)}")
   return result

@@ -15,6 +15,8 @@ process, interleaved by benchmarks/harness.py):
                              model.modules.token_einsum (--variants unfolded).
   ours[copies]               the same with every stacked weight sliced (and q transposed) before
                              its matmul, as before model.modules.stacked_token_einsum (--variants copies).
+  ours[softmax_autodiff]     the same with the attention softmax differentiated by autodiff, as
+                             before model.modules.softmax (--variants softmax_autodiff).
   transformers[eager|sdpa]   model(input_ids).logits -> float32 cross-entropy -> backward ->
                              torch.optim step -> zero_grad(set_to_none).
   transformers[sdpa+compile] the same step with the model under torch.compile (inductor).
@@ -53,9 +55,10 @@ def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learni
               variant: str = ""):
   """Worker factory: our jitted step; run() does one step and returns its loss.
 
-  variant "unfolded" replaces modules.token_einsum by the [B, T] einsum it replaced, and "copies"
+  variant "unfolded" replaces modules.token_einsum by the [B, T] einsum it replaced, "copies"
   makes modules.weight_copy_is_cheaper always true (every stacked weight sliced, q transposed, as
-  before stacked_token_einsum), so one paired run shows what a change bought.
+  before stacked_token_einsum), and "softmax_autodiff" differentiates the attention softmax by
+  autodiff instead of modules.softmax's own backward, so one paired run shows what a change bought.
   """
   import jax
   import optax
@@ -66,6 +69,8 @@ def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learni
     modules.token_einsum = _unfold_tokens
   elif variant == "copies":  # Weights copied out of their stacks / transposed, as before stacked_token_einsum.
     modules.weight_copy_is_cheaper = lambda x, stacked: True
+  elif variant == "softmax_autodiff":  # The attention softmax differentiated by autodiff, as before.
+    modules.softmax = lambda logits: jax.nn.softmax(logits, axis=-1)
   elif variant:
     raise ValueError(f"unknown variant {variant!r}")
 
@@ -161,7 +166,7 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   _common.add_model_flags(parser, batch_size=2, seq_len=128)
   parser.add_argument("--peers", nargs="+", default=["eager", "sdpa"], choices=sorted(PEERS))
-  parser.add_argument("--variants", nargs="*", default=[], choices=["unfolded", "copies"],
+  parser.add_argument("--variants", nargs="*", default=[], choices=["unfolded", "copies", "softmax_autodiff"],
                       help="earlier versions of ours to run beside it (what a change bought)")
   parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
   parser.add_argument("--learning_rate", type=float, default=1e-3)

@@ -19,7 +19,16 @@ copied into a list; whole documents are only ever grouped by document id, which 
 Tag, then filter: the steps attach a decision ``(doc, mark)`` to every document and the final
 :class:`ApplyDedupeDecisions` routes marked documents to the rejects.
 
-    python -m pipelines.dedupe --input=out/toxicity --output_dir=out/dedupe
+Two layouts. The default (``--shard_layout=by_size``) is the Beam graph above; on Dataflow the
+shuffle service holds its groups, but Beam's local runner holds every GroupByKey's input in memory,
+~114 KiB per document here (docs/scale.md, Memory). ``--shard_layout=per_input``
+(pipelines/dedupe_shardwise.py) makes the same decisions with the same functions (``exact_member``,
+``band_members``, ``link``, ``exact_decision``, ``near_decision``, :class:`NearSimilarity`), but
+shuffles through spill files (pipelines/spill.py), one DoFn call per input file or bucket, so a
+local run's memory does not grow with the input; it writes output and rejects shard i-of-N for
+input file i of N (``--num_buckets`` / ``--target_bucket_bytes`` set its bucket count).
+
+    python -m pipelines.dedupe --input=out/toxicity --output_dir=out/dedupe [--shard_layout=...]
 """
 
 from __future__ import annotations
@@ -153,50 +162,84 @@ def _edges_to_winner(group, similarity):
   _, values = group
   # Two passes over the grouped values (re-iterable, never copied): find the winner, then link.
   winner = next(m for tag, m in values if tag == _WINNER)
-  for tag, (url, doc_id, payload) in values:
-    if tag == _MEMBER and doc_id != winner[1]:
-      sim = similarity(payload, winner[2])
-      if sim is not None:
-        yield doc_id, (winner[0], winner[1], sim)
+  for tag, member in values:
+    edge = link(member, winner, similarity) if tag == _MEMBER else None
+    if edge is not None:
+      yield member[1], edge
+
+
+def link(member, winner, similarity):
+  """A group member's edge ``(winner_url, winner_id, similarity)`` to the group's winner, or None
+  (the member is a copy of the winner, or the pair failed verification). Both layouts use it."""
+  _, doc_id, payload = member
+  if doc_id == winner[1]:
+    return None
+  sim = similarity(payload, winner[2])
+  return None if sim is None else (winner[0], winner[1], sim)
 
 
 # ----------------------------------------------------------------------------- the two steps
 
 
+def exact_decision(doc_id: str, position: int, smallest_edge) -> dict | None:
+  """The mark of the ``position``-th copy (in ``common.dumps`` order) of the documents with id
+  ``doc_id``, given the smallest exact edge of any of them (None: no edge); None keeps it.
+
+  Documents sharing an id are copies of one document: all go if one is an exact duplicate,
+  else all but the first."""
+  if smallest_edge is not None:
+    return {"reason": "exact_duplicate", "duplicate_of": smallest_edge[1]}
+  if position > 0:
+    return {"reason": "exact_duplicate", "duplicate_of": doc_id}
+  return None
+
+
+def near_decision(smallest_edge) -> dict | None:
+  """The mark of every document with the id whose smallest near edge this is (None: kept)."""
+  if smallest_edge is None:
+    return None
+  _, winner_id, jaccard = smallest_edge
+  return {"reason": "near_duplicate", "duplicate_of": winner_id, "jaccard": round(jaccard, 4)}
+
+
 def _mark_exact(id_and_groups):
-  """Marks every copy but the winner; documents sharing an id are copies of one document."""
-  _, groups = id_and_groups
+  """Marks every copy but the winner (:func:`exact_decision`)."""
+  doc_id, groups = id_and_groups
   docs = sorted(groups["doc"], key=common.dumps)
   edges = sorted(groups["edge"])
   for i, doc in enumerate(docs):
-    if edges:
-      yield doc, {"reason": "exact_duplicate", "duplicate_of": edges[0][1]}
-    elif i > 0:
-      yield doc, {"reason": "exact_duplicate", "duplicate_of": doc["id"]}
-    else:
-      yield doc, None
+    yield doc, exact_decision(doc_id, i, edges[0] if edges else None)
 
 
 def _mark_near(id_and_groups):
   _, groups = id_and_groups
   edges = list(groups["edge"])
+  mark = near_decision(min(edges) if edges else None)
   for doc in groups["doc"]:
-    if edges:
-      _, winner_id, jaccard = min(edges)
-      yield doc, {"reason": "near_duplicate", "duplicate_of": winner_id, "jaccard": round(jaccard, 4)}
-    else:
-      yield doc, None
+    yield doc, mark
 
 
 def _by_id(doc):
   return doc["id"], doc
 
 
+def doc_url(doc) -> str:
+  return str(doc.get("url", ""))
+
+
+def exact_member(doc):
+  """``(exact group, (url, id, b""))``: a document's member of its exact group."""
+  return exact_hash(doc["text"]), (doc_url(doc), doc["id"], b"")
+
+
+def exact_similarity(a, b) -> float:
+  return 1.0
+
+
 def mark_exact_duplicates(docs):
   """docs -> ``(doc, mark)``; mark is None for kept documents."""
-  members = docs | "ExactMember" >> beam.Map(
-      lambda d: (exact_hash(d["text"]), (str(d.get("url", "")), d["id"], b"")))
-  edges = members | "ExactLinks" >> LinkToGroupWinner(lambda a, b: 1.0)
+  members = docs | "ExactMember" >> beam.Map(exact_member)
+  edges = members | "ExactLinks" >> LinkToGroupWinner(exact_similarity)
   return (
       {"doc": docs | "ExactById" >> beam.Map(_by_id), "edge": edges}
       | "ExactJoin" >> beam.CoGroupByKey()
@@ -215,27 +258,37 @@ class _BandMembers(beam.DoFn):
     self._seeds = permutation_seeds(self._config.num_perm, self._config.seed)
 
   def process(self, doc):
-    signature = minhash(doc["text"], self._config.ngram_size, self._seeds)
-    if signature is None:
-      return []  # No words: nothing to be similar to.
-    member = (str(doc.get("url", "")), doc["id"], signature.tobytes())
-    return [(key, member) for key in band_keys(signature, self._config.num_bands,
-                                               self._config.rows_per_band)]
+    return band_members(doc, self._config, self._seeds)
+
+
+def band_members(doc, config: DedupeConfig, seeds: np.ndarray) -> list:
+  """One ``((band, band_hash), (url, id, signature))`` per band; none for a text without words
+  (nothing to be similar to)."""
+  signature = minhash(doc["text"], config.ngram_size, seeds)
+  if signature is None:
+    return []
+  member = (doc_url(doc), doc["id"], signature.tobytes())
+  return [(key, member) for key in band_keys(signature, config.num_bands, config.rows_per_band)]
+
+
+class NearSimilarity:
+  """A candidate pair's similarity: its estimated Jaccard, or None below the threshold (with
+  ``verify``). A class, not a closure, so that both layouts pickle the same object."""
+
+  def __init__(self, config: DedupeConfig):
+    self._verify = config.verify
+    self._threshold = config.jaccard_threshold
+
+  def __call__(self, a: bytes, b: bytes) -> float | None:
+    jaccard = estimated_jaccard(a, b)
+    return jaccard if not self._verify or jaccard >= self._threshold else None
 
 
 def mark_near_duplicates(docs, config: DedupeConfig):
-  threshold = config.jaccard_threshold
-
-  def similarity(a, b):
-    if not config.verify:
-      return estimated_jaccard(a, b)
-    jaccard = estimated_jaccard(a, b)
-    return jaccard if jaccard >= threshold else None
-
   edges = (
       docs
       | "NearMembers" >> beam.ParDo(_BandMembers(config))
-      | "NearLinks" >> LinkToGroupWinner(similarity)
+      | "NearLinks" >> LinkToGroupWinner(NearSimilarity(config))
       | "SmallestWinner" >> beam.CombinePerKey(min)
   )
   return (
@@ -271,20 +324,42 @@ def dedupe(docs, config: DedupeConfig):
       common.REJECTS_TAG, main="kept")
 
 
+# Input bytes per bucket (--shard_layout=per_input): a bucket's DoFn call holds only its output
+# rows, ~100 bytes per document of its share, so buckets can be large; this is for parallelism.
+DEFAULT_TARGET_BUCKET_BYTES = common.DEFAULT_TARGET_SHARD_BYTES
+
+
 def add_args(parser) -> None:
   add_config_flags(parser, DedupeConfig)
+  parser.add_argument(
+      "--num_buckets", type=int, default=0,
+      help=f"--shard_layout={common.PER_INPUT} only: buckets the groups are spread over, one DoFn "
+      "call each (default 0: from the input's size, see --target_bucket_bytes).")
+  parser.add_argument(
+      "--target_bucket_bytes", type=int, default=DEFAULT_TARGET_BUCKET_BYTES,
+      help=f"--shard_layout={common.PER_INPUT} only: input bytes per bucket when the bucket count "
+      "comes from the data.")
+
+
+def config_from(args) -> DedupeConfig:
+  config = config_from_args(DedupeConfig, args)
+  if config.num_bands < 1 or config.rows_per_band < 1 or not 0 < config.jaccard_threshold <= 1:
+    raise common.StageError(f"Invalid LSH settings: {config}")
+  return config
 
 
 def build(args):
   """The stage's transform (docs -> kept + rejects) from its flags; the fused filter job uses it too."""
-  config = config_from_args(DedupeConfig, args)
-  if config.num_bands < 1 or config.rows_per_band < 1 or not 0 < config.jaccard_threshold <= 1:
-    raise common.StageError(f"Invalid LSH settings: {config}")
+  config = config_from(args)
   return lambda docs: dedupe(docs, config)
 
 
 def main(argv=None) -> dict[str, Any]:
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args, per_input=True)
+  if args.shard_layout == common.PER_INPUT:
+    # pylint: disable-next=import-outside-toplevel  # It imports this module.
+    from pipelines import dedupe_shardwise
+    return dedupe_shardwise.run(args, options, config_from(args))
   return common.run_doc_stage(STAGE, args, options, build(args))
 
 

@@ -128,13 +128,15 @@ def run_per_input(args: argparse.Namespace, options=None) -> dict[str, Any]:
   toxicity in one DoFn call and gives docs shard i-of-N and each stage's rejects shard i-of-N
   (pipelines/shardwise.py); the stats files are the default layout's.
 
-  ``--dedupe`` is refused: near-duplicates are found across all files (a global shuffle), so
-  dedupe runs as the next job, ``python -m pipelines.dedupe --input=<this output_dir>``.
+  ``--dedupe`` is refused: near-duplicates are found across all files (a global step), so dedupe
+  runs as the next job, ``python -m pipelines.dedupe --input=<this output_dir>
+  --shard_layout=per_input`` (its own per-input layout, pipelines/dedupe_shardwise.py).
   """
   if args.dedupe:
     raise common.StageError(
         f"--dedupe cannot run inside the --shard_layout={common.PER_INPUT} job (dedupe compares "
-        "documents across all files): run `python -m pipelines.dedupe --input=<output_dir>` after it.")
+        "documents across all files): run `python -m pipelines.dedupe --input=<output_dir> "
+        f"--shard_layout={common.PER_INPUT}` after it.")
   shardwise.check_no_shard_count(args.num_shards, args.num_reject_shards)
   files = extract.warc_input_files(args.input)
   extract_config = quality.config_from_args(extract.ExtractConfig, args)

@@ -89,7 +89,7 @@ def _strip_newline(line: bytes) -> bytes:
   return line
 
 
-class _ShardOutputs:
+class ShardOutputs:
   """What one input file gave: the last stage's kept rows, each stage's reject rows and counts.
 
   Rows are ``(id, line)`` pairs, encoded once (:func:`common.encode_row`) and never parsed again.
@@ -144,14 +144,14 @@ class _ProcessFile(beam.DoFn):
 
   def process(self, indexed_path: tuple[int, str]):
     index, path = indexed_path
-    outputs = _ShardOutputs(len(self._stages))
+    outputs = ShardOutputs(len(self._stages))
     for element in self._source.process(path) or ():
       self._progress.count()
       self._through_stages(element, outputs)
     self._write(index, outputs)
     yield from outputs.count_items()
 
-  def _through_stages(self, element: Any, outputs: _ShardOutputs) -> None:
+  def _through_stages(self, element: Any, outputs: ShardOutputs) -> None:
     """One element of the source through every stage: the source's rejects are the first
     stage's, each stage's survivors are the next stage's input."""
     items = [element]
@@ -167,7 +167,7 @@ class _ProcessFile(beam.DoFn):
         return
     outputs.kept.extend(common.encode_row(doc) for doc in items)
 
-  def _write(self, index: int, outputs: _ShardOutputs) -> None:
+  def _write(self, index: int, outputs: ShardOutputs) -> None:
     n = self._num_files
     common.write_sorted_rows(
         common.shard_path(self._docs_dir, common.DOCS_PREFIX, index, n), outputs.kept)
@@ -184,7 +184,7 @@ class _ProcessFile(beam.DoFn):
     self._progress.teardown()
 
 
-def _write_all_stats(items, stages: Sequence[Stage], expected_in: int | None, input_path: str,
+def write_all_stats(items, stages: Sequence[Stage], expected_in: int | None, input_path: str,
                      finish: Callable[[list[dict[str, Any]]], Any] | None) -> list[dict[str, Any]]:
   """Every stage's ``stats.json`` from the summed counts (and the input's line-count check)."""
   by_stage: list[list[tuple[str, int]]] = [[] for _ in stages]
@@ -222,7 +222,7 @@ def run_chain(files: Sequence[str], source: beam.DoFn, stages: Sequence[Stage], 
       | "PerInputFile" >> beam.ParDo(_ProcessFile(source, stages, docs_dir, len(files)))
       | "SumCounts" >> beam.CombinePerKey(sum)
       | "AllCounts" >> beam.combiners.ToList()
-      | "WriteStats" >> beam.Map(_write_all_stats, stages, expected_in, input_path, finish)
+      | "WriteStats" >> beam.Map(write_all_stats, stages, expected_in, input_path, finish)
   )
   result = p.run()
   result.wait_until_finish()

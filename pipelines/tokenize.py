@@ -1,7 +1,8 @@
 """Tokenizes the deduplicated documents into seqio's cache layout, one cached Task per source.
 
     python -m pipelines.tokenize --input=<dedupe dir> --tokenizer=<tokenizer.model> \
-        --output_dir=<data_dir> [--validation_fraction=0.05] [--num_shards=N]
+        --output_dir=<data_dir> [--validation_fraction=0.05] [--num_shards=N] \
+        [--shard_layout=by_size|per_input]
 
 For each source ``S`` the job writes ``<data_dir>/cache/gf_<S>/`` exactly as seqio's
 ``cache_tasks_main`` does, so ``seqio.Task.get_dataset(use_cached=True)`` reads it:
@@ -34,6 +35,16 @@ is cut into chunks of at most ``c`` tokens, ``sum(ceil(n / c))`` over its docume
 ``c = L - 1`` with ``L`` in ``STANDARD_SEQUENCE_LENGTHS`` (room for EOS, as the Tasks cut them:
 ``tasks.preprocessors.chunk_length``). seqio mixes *examples*, so ``tasks.mixtures`` needs it to turn token shares into exact rates
 at the training sequence length without reading the cache.
+
+``--shard_layout`` changes how documents reach their shard, never what is written: every file is
+byte-identical in both layouts (tests/test_tokenize_per_input.py). ``by_size`` (the default) groups
+the serialized Examples by ``(task, split, shard)`` in a Beam shuffle, which Beam's local runner
+holds in memory, so a local run's peak grows with the input. ``per_input``
+(pipelines/tokenize_shardwise.py) encodes each input file in one DoFn call into one spill file
+(pipelines/spill.py), then writes each shard from a streaming merge of the spill files, so a worker
+holds one input file's records, not the input (docs/scale.md, Memory). Both write a shard's records
+in the order of their ``(id, source, num_tokens, Example)`` tuples (:data:`ShardRecord`,
+:func:`write_shard`, which checks it).
 """
 
 from __future__ import annotations
@@ -224,7 +235,7 @@ class WriteShard(beam.DoFn):
   """Writes one (task, split, shard) TFRecord file sorted by id; emits its counts per task.
 
   The counts include the shard's chunk counts (``count_chunks``), summed per split by ``FinishTask``.
-  """""
+  """
 
   def __init__(self, cache_dir: str, num_shards: dict[str, int]):
     self._cache_dir = cache_dir
@@ -232,19 +243,72 @@ class WriteShard(beam.DoFn):
 
   def process(self, element):
     (task, split, shard), docs = element
-    docs = sorted(docs)
-    path = cache_file(FileSystems.join(self._cache_dir, task), split, shard, self._num_shards[split])
-    tf.io.gfile.makedirs(FileSystems.join(self._cache_dir, task))
-    write_tfrecord(path, (example for _, _, _, example in docs))
-    lengths = [num_tokens for _, _, num_tokens, _ in docs]
-    yield task, {
-        "sources": sorted({source for _, source, _, _ in docs}),
+    yield task, write_shard(self._cache_dir, task, split, shard, self._num_shards[split], sorted(docs))
+
+
+# A shard's records are ``(id, source, num_tokens, serialized Example)`` tuples, written in tuple
+# order: by id, then (duplicate ids) source, tokens and bytes. The one ordering rule of both
+# layouts: the per-input layout's spill encoding (pipelines/tokenize_shardwise.py) sorts as these
+# tuples do, and write_shard refuses records out of this order.
+ShardRecord = tuple[str, str, int, bytes]
+
+
+def write_shard(cache_dir: str, task: str, split: str, shard: int, num_shards: int,
+                records: Iterable[ShardRecord]) -> dict[str, Any]:
+  """Writes one shard's TFRecord file from ``records`` in tuple order, streamed; returns its counts.
+
+  Streamed so that the per-input layout can write a shard straight from a merge of spill files
+  without holding it; the order is checked, so a merge that disagreed with ``sorted`` would fail
+  the job rather than write different bytes.
+  """
+  task_dir = FileSystems.join(cache_dir, task)
+  tf.io.gfile.makedirs(task_dir)
+  tally = _ShardTally()
+
+  def examples():
+    previous = None
+    for record in records:
+      if previous is not None and record < previous:
+        raise common.StageError(f"{task} {split} shard {shard}: record {record[0]!r} after "
+                                f"{previous[0]!r}, out of the shard's order.")
+      previous = record
+      tally.add(record[1], record[2])
+      yield record[3]
+
+  write_tfrecord(cache_file(task_dir, split, shard, num_shards), examples())
+  return tally.counts(split, shard)
+
+
+class _ShardTally:
+  """The counts of a shard's records as they stream past (what ``FinishTask`` sums)."""
+
+  def __init__(self):
+    self._sources: set[str] = set()
+    self._documents = 0
+    self._tokens = 0
+    self._max_tokens = 0
+    self._chunks = dict.fromkeys(STANDARD_CHUNK_LENGTHS, 0)
+
+  def add(self, source: str, num_tokens: int) -> None:
+    self._sources.add(source)
+    self._documents += 1
+    self._tokens += num_tokens
+    self._max_tokens = max(self._max_tokens, num_tokens)
+    for c in self._chunks:
+      self._chunks[c] += -(-num_tokens // c)
+
+  def counts(self, split: str, shard: int) -> dict[str, Any]:
+    if not self._documents:
+      raise common.StageError(f"{split} shard {shard}: an empty shard has no counts (FinishTask "
+                              "writes empty shards).")
+    return {
+        "sources": sorted(self._sources),
         "split": split,
         "shard": shard,
-        "documents": len(docs),
-        "tokens": sum(lengths),
-        "max_tokens": max(lengths),
-        "chunks": count_chunks(lengths),
+        "documents": self._documents,
+        "tokens": self._tokens,
+        "max_tokens": self._max_tokens,
+        "chunks": {str(c): n for c, n in self._chunks.items()},
     }
 
 
@@ -340,17 +404,24 @@ def tokenize(
     batch_size: int = 256,
     num_threads: int = -1,
     options: PipelineOptions | None = None,
+    shard_layout: str = common.BY_SIZE,
 ) -> dict[str, Any]:
   """Runs the job and returns its stats.json record.
 
   ``num_threads`` is SentencePiece's threads per batch-encode call (-1: one per core).
   ``num_shards=0`` derives the train shard count from the input: :func:`train_shard_count`.
+  ``shard_layout``: how documents reach their shard, not what is written (the same bytes either
+  way): ``by_size`` through a Beam shuffle, ``per_input`` through spill files
+  (pipelines/tokenize_shardwise.py), so a local run's memory does not grow with the input.
   """
   if not 0.0 <= validation_fraction < 1.0:
     raise common.StageError(f"--validation_fraction must be in [0, 1), got {validation_fraction}.")
   if num_shards < 0 or num_validation_shards < 1 or shard_multiple < 1:
     raise common.StageError("--num_shards must be at least 1 (or 0: from the input), "
                             "--num_validation_shards and --shard_multiple at least 1.")
+  if shard_layout not in common.SHARD_LAYOUTS:
+    raise common.StageError(
+        f"--shard_layout must be one of {common.SHARD_LAYOUTS}, got {shard_layout!r}.")
   if not num_shards:
     num_shards = train_shard_count(common.stage_input_files(input_path), target_shard_bytes,
                                    shard_multiple)
@@ -361,65 +432,93 @@ def tokenize(
   except special_tokens.SpecialTokensError as e:
     raise train_tokenizer.TokenizerError(f"{tokenizer}: {e}") from e
   shards = {"train": num_shards, "validation": num_validation_shards}
-  logging.info("%s: %s -> %s", STAGE, input_path, output_dir)
+  encode = EncodeDocs(model_proto, validation_fraction, shards, num_threads)
+  logging.info("%s: %s -> %s (%s layout)", STAGE, input_path, output_dir, shard_layout)
 
   with common.atomic_output_dir(output_dir) as tmp_dir:
     cache_dir = FileSystems.join(tmp_dir, CACHE_DIR)
     FileSystems.mkdirs(cache_dir)
     with FileSystems.create(FileSystems.join(tmp_dir, TOKENIZER_FILE)) as f:
       f.write(model_proto)
+    spills = None
+    if shard_layout == common.PER_INPUT:
+      from pipelines import tokenize_shardwise  # pylint: disable=import-outside-toplevel
+      spills = tokenize_shardwise.SpillJob(input_path, tmp_dir, shards, encode, batch_size)
     with beam.Pipeline(options=options or PipelineOptions()) as p:
-      parsed = p | "Read" >> common.ReadDocs(input_path, STAGE)
-      inputs = (parsed.docs, parsed[common.REJECTS_TAG])  # Counted apart: common.CountAll.
-      encoded = (
-          parsed.docs
-          | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-          | "Encode" >> beam.ParDo(EncodeDocs(model_proto, validation_fraction, shards, num_threads)).with_outputs(
-              common.REJECTS_TAG, main="kept"
-          )
-      )
-      rejects = (parsed[common.REJECTS_TAG], encoded[common.REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
-      _ = rejects | "WriteRejects" >> common.WriteSortedShards(
-          FileSystems.join(tmp_dir, common.REJECTS_DIR), common.REJECTS_TAG, 1
-      )
-      entries = (
-          encoded.kept
-          | "GroupByShard" >> beam.GroupByKey()
-          | "Concat" >> beam.Map(_concat_groups)
-          | "WriteShard" >> beam.ParDo(WriteShard(cache_dir, shards))
-          | "GroupByTask" >> beam.GroupByKey()
-          | "FinishTask" >> beam.ParDo(FinishTask(cache_dir, shards, tiers, default_tier))
-      )
-      sources = (
-          entries
-          | "AllEntries" >> beam.combiners.ToList()
-          | "WriteSources" >> beam.Map(
-              _write_sources, tmp_dir, model_proto, validation_fraction, shards
-          )
-      )
-      token_counts = entries | "Tokens" >> beam.FlatMap(
-          lambda e: [(f"{split}_{key}", e["splits"][split][key])
-                     for split in SPLITS for key in ("documents", "tokens")]
-      ) | "SumTokens" >> beam.CombinePerKey(sum)
-      counts = [
-          inputs | "CountIn" >> common.CountAll() | "TagIn" >> beam.Map(lambda n: ("in", n)),
-          encoded.kept | "GroupSizes" >> beam.Map(lambda group: len(group[1]))
-          | "CountKept" >> beam.CombineGlobally(sum) | "TagKept" >> beam.Map(lambda n: ("kept", n)),
-          rejects
-          | "Reason" >> beam.Map(lambda r: ("dropped." + r["reason"], 1))
-          | "CountReasons" >> beam.CombinePerKey(sum),
-          token_counts,
-          sources | "NumSources" >> beam.Map(lambda s: ("sources", len(s))),
-      ]
-      _ = (
-          counts
-          | "FlattenCounts" >> beam.Flatten()
-          | "AllCounts" >> beam.combiners.ToList()
-          | "WriteStats" >> beam.Map(_write_stats, tmp_dir)
-      )
+      if spills is None:
+        written, counts = _encode_and_write(p, input_path, tmp_dir, shards, encode, batch_size)
+      else:
+        written, counts = spills.expand(p)
+      _finish(written, counts, tmp_dir, shards, model_proto, validation_fraction, tiers, default_tier)
+    if spills is not None:
+      spills.delete_spills()  # Only once the job succeeded: a failed one's tmp_dir goes whole.
   stats = common.read_stats(output_dir)
   logging.info("%s: %s", STAGE, json.dumps(stats, sort_keys=True))
   return stats
+
+
+def _encode_and_write(p, input_path: str, tmp_dir: str, shards: dict[str, int], encode: EncodeDocs,
+                      batch_size: int):
+  """The default layout: documents grouped by (task, split, shard) through a Beam shuffle.
+
+  Returns ``WriteShard``'s ``(task, shard counts)`` and the job's ``(name, n)`` count PCollections
+  (``in``, ``kept``, ``dropped.<reason>``); writes the rejects.
+  """
+  cache_dir = FileSystems.join(tmp_dir, CACHE_DIR)
+  parsed = p | "Read" >> common.ReadDocs(input_path, STAGE)
+  inputs = (parsed.docs, parsed[common.REJECTS_TAG])  # Counted apart: common.CountAll.
+  encoded = (
+      parsed.docs
+      | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+      | "Encode" >> beam.ParDo(encode).with_outputs(common.REJECTS_TAG, main="kept")
+  )
+  rejects = (parsed[common.REJECTS_TAG], encoded[common.REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
+  _ = rejects | "WriteRejects" >> common.WriteSortedShards(
+      FileSystems.join(tmp_dir, common.REJECTS_DIR), common.REJECTS_TAG, 1
+  )
+  written = (
+      encoded.kept
+      | "GroupByShard" >> beam.GroupByKey()
+      | "Concat" >> beam.Map(_concat_groups)
+      | "WriteShard" >> beam.ParDo(WriteShard(cache_dir, shards))
+  )
+  counts = [
+      inputs | "CountIn" >> common.CountAll() | "TagIn" >> beam.Map(lambda n: ("in", n)),
+      encoded.kept | "GroupSizes" >> beam.Map(lambda group: len(group[1]))
+      | "CountKept" >> beam.CombineGlobally(sum) | "TagKept" >> beam.Map(lambda n: ("kept", n)),
+      rejects
+      | "Reason" >> beam.Map(lambda r: ("dropped." + r["reason"], 1))
+      | "CountReasons" >> beam.CombinePerKey(sum),
+  ]
+  return written, counts
+
+
+def _finish(written, counts: list, tmp_dir: str, shards: dict[str, int], model_proto: bytes,
+            validation_fraction: float, tiers: dict[str, str], default_tier: str) -> None:
+  """Both layouts' tail: each task's cache directory completed, sources.json and stats.json."""
+  cache_dir = FileSystems.join(tmp_dir, CACHE_DIR)
+  entries = (
+      written
+      | "GroupByTask" >> beam.GroupByKey()
+      | "FinishTask" >> beam.ParDo(FinishTask(cache_dir, shards, tiers, default_tier))
+  )
+  sources = (
+      entries
+      | "AllEntries" >> beam.combiners.ToList()
+      | "WriteSources" >> beam.Map(
+          _write_sources, tmp_dir, model_proto, validation_fraction, shards
+      )
+  )
+  token_counts = entries | "Tokens" >> beam.FlatMap(
+      lambda e: [(f"{split}_{key}", e["splits"][split][key])
+                 for split in SPLITS for key in ("documents", "tokens")]
+  ) | "SumTokens" >> beam.CombinePerKey(sum)
+  _ = (
+      [*counts, token_counts, sources | "NumSources" >> beam.Map(lambda s: ("sources", len(s)))]
+      | "FlattenCounts" >> beam.Flatten()
+      | "AllCounts" >> beam.combiners.ToList()
+      | "WriteStats" >> beam.Map(_write_stats, tmp_dir)
+  )
 
 
 def train_shard_count(input_files: Sequence[str], target_shard_bytes: int, shard_multiple: int) -> int:
@@ -484,7 +583,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Pipeline
         "--encode_threads", type=int, default=-1, help="SentencePiece threads per sp.encode call (-1: all cores)."
     )
 
-  return common.parse_stage_args(__doc__.split("\n")[0], argv, add_args)
+  return common.parse_stage_args(__doc__.split("\n")[0], argv, add_args, per_input=True)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -503,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       batch_size=args.batch_size,
       num_threads=args.encode_threads,
       options=options,
+      shard_layout=args.shard_layout,
   )
 
 

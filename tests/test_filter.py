@@ -13,6 +13,7 @@ import pytest
 
 from pipelines import common, dedupe, extract, filter as fused, pii, quality, toxicity
 from tests.sample_slice import slice_sample
+from beam_runners import OTHER_RUNNERS
 
 CHAIN = ("extract", "quality", "pii", "toxicity", "dedupe")
 MODULES = {"extract": extract, "quality": quality, "pii": pii, "toxicity": toxicity, "dedupe": dedupe}
@@ -98,10 +99,7 @@ def test_fused_job_refuses_bad_stage_settings_before_running(small_warc, tmp_pat
   assert not os.path.exists(out)
 
 
-@pytest.mark.parametrize("runner_args", [
-    ("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
-    ("--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"),
-], ids=["multi_processing", "portable"])
+@pytest.mark.parametrize("runner_args", list(OTHER_RUNNERS.values()), ids=list(OTHER_RUNNERS))
 def test_stage_jobs_are_byte_identical_under_other_runners(small_warc, chained, fused_run,
                                                            tmp_path, runner_args):
   other = _run_chain(small_warc, str(tmp_path / "chain"), runner_args)

@@ -312,6 +312,21 @@ def test_gradients_are_finite_and_nonzero(model, params):
   assert jax.tree.structure(grads) == jax.tree.structure(params)
 
 
+def test_softmax_backward_equals_autodiff_of_jax_softmax():
+  """modules.softmax's own backward against autodiff through jax.nn.softmax, with masked entries
+  at the model's mask value (their probability is 0, so their gradient must be 0 too)."""
+  from model import modules
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 7), jnp.float32) * 4
+  logits = jnp.where(jnp.tril(jnp.ones((5, 7), bool)), logits, modules._MASK_VALUE)
+  weights = jax.random.normal(jax.random.PRNGKey(1), logits.shape, jnp.float32)
+  ours = jax.grad(lambda x: jnp.sum(modules.softmax(x) * weights))(logits)
+  reference = jax.grad(lambda x: jnp.sum(jax.nn.softmax(x, axis=-1) * weights))(logits)
+  assert jnp.array_equal(modules.softmax(logits), jax.nn.softmax(logits, axis=-1))
+  np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(ours).max()) > 0.1  # Not trivially zero.
+  assert not jnp.any(jnp.where(jnp.tril(jnp.ones((5, 7), bool)), 0.0, ours))
+
+
 def test_bad_loss_settings_are_rejected():
   with pytest.raises(ValueError, match="label_smoothing"):
     DecoderOnlyModel(F32, label_smoothing=1.0)

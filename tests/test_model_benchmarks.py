@@ -124,6 +124,8 @@ def test_roofline_counts_the_flops_xla_compiles():
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   matmul = sum(leaf.size for path, leaf in flat if "scale" not in jax.tree_util.keystr(path))
   assert cpu_roofline.matmul_params(c) == matmul
+  # The gemv sides multiply by every weight matrix once: the model's parameters, no more.
+  assert sum(k * n for k, n in cpu_roofline.decode_weight_shapes(c)) == matmul
   forward = jax.jit(lambda p, t, pos: Transformer(config).apply({"params": p}, t, pos)[0])
   xla_flops = forward.lower(params, jax.ShapeDtypeStruct(tokens.shape, jnp.int32),
                             jax.ShapeDtypeStruct(positions.shape, jnp.int32)).compile().cost_analysis()["flops"]

@@ -22,11 +22,8 @@ from test_decontaminate import _docs as contaminated_docs
 from test_progress import progress_counts
 from test_tokenize import input_docs
 from test_tokenizer import MAX_WHITESPACE_RUN, VOCAB_SIZE, make_docs
+from beam_runners import OTHER_RUNNERS
 
-RUNNERS = {
-    "multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
-    "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
-}
 JOBS = ("decontaminate", "train_tokenizer", "tokenize", "chat_data")
 
 
@@ -92,9 +89,9 @@ def _files(directory: str) -> list[str]:
                 for d, _, names in os.walk(directory) for name in names)
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", sorted(OTHER_RUNNERS))
 def test_jobs_are_byte_identical_under_other_runners(inputs, default_runs, tmp_path, runner, capfd):
-  other, unreported = run_jobs(inputs, str(tmp_path), RUNNERS[runner], capfd)
+  other, unreported = run_jobs(inputs, str(tmp_path), OTHER_RUNNERS[runner], capfd)
   # Each worker reported its own share of the documents read (pipelines.common.count_progress).
   assert unreported == {decontaminate.STAGE: 0, train_tokenizer.STAGE: 0, tokenize.STAGE: 0}
   for job in JOBS:

@@ -20,18 +20,14 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from warcio.archiveiterator import ArchiveIterator
 
-from pipelines import (common, dedupe, extract, filter as fused, pii, quality, shardwise, toxicity,
-                       train_tokenizer)
+from pipelines import (common, decontaminate, dedupe, extract, filter as fused, pii, quality,
+                       shardwise, toxicity, train_tokenizer)
 from stage_dirs import write_stage_dir
 from tests.sample_slice import slice_sample
+from beam_runners import RUNNERS
 
 DOC_STAGES = {"quality": quality, "pii": pii, "toxicity": toxicity}
 PER_INPUT = [f"--shard_layout={common.PER_INPUT}"]
-RUNNERS = {
-    "rerun": [],
-    "multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
-    "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
-}
 BROKEN_LINE = '{"id": "broken'
 
 
@@ -255,13 +251,15 @@ def test_flags_that_do_not_apply_are_refused(doc_input, warcs, tmp_path):
     extract.main([f"--input={warcs}", f"--output_dir={out}", "--num_reject_shards=2", *PER_INPUT])
   with pytest.raises(common.StageError, match="pipelines.dedupe"):
     fused.main([f"--input={warcs}", f"--output_dir={out}", "--dedupe=true", *PER_INPUT])
-  with pytest.raises(SystemExit):  # dedupe is global: it does not take the flag.
-    dedupe.main([f"--input={doc_input}", f"--output_dir={out}", *PER_INPUT])
+  with pytest.raises(common.StageError, match="--num_shards"):
+    dedupe.main([f"--input={doc_input}", f"--output_dir={out}", "--num_shards=2", *PER_INPUT])
+  with pytest.raises(SystemExit):  # decontaminate has no per-input layout: it refuses the flag.
+    decontaminate.main([f"--input={doc_input}", f"--output_dir={out}", *PER_INPUT])
   assert not os.path.exists(out)
 
 
 def test_an_unknown_output_tag_fails_the_job():
-  outputs = shardwise._ShardOutputs(1)  # pylint: disable=protected-access
+  outputs = shardwise.ShardOutputs(1)
   with pytest.raises(common.StageError, match="'other'"):
     outputs.route(0, [beam.pvalue.TaggedOutput("other", {})])
 

@@ -93,6 +93,8 @@ def test_leaving_a_stage_out_rewires_to_the_previous_one(raw, tmp_path):
     (lambda r: r["stages"]["quality"].update(min_wrds=3), "stages.quality: unknown option 'min_wrds'"),
     (lambda r: r["stages"]["quality"].update(min_words="three"), "stages.quality.min_words: expected int"),
     (lambda r: r["stages"]["pretrain"].update(train_steps=True), "stages.pretrain.train_steps: expected int"),
+    (lambda r: r["stages"]["quality"].update(shard_layout="per_file"),
+     "stages.quality.shard_layout: expected one of ['by_size', 'per_input']"),
     (lambda r: r.update(colour="red"), "unknown key(s) ['colour']"),
     (lambda r: r["inputs"].update(warcs="data/nowhere/*.warc.gz"), "inputs.warcs: no file matches"),
     (lambda r: r["stages"]["quality"].update(url_blocklist="no/such/list.txt"),
@@ -215,6 +217,16 @@ def test_config_section_changes_only_its_stage_hash(raw, tmp_path):
   assert c.section_hash("pretrain") != b.section_hash("pretrain")
   assert c.section_hash("eval") != b.section_hash("eval")
   assert c.section_hash("tokenize") == b.section_hash("tokenize")
+
+
+def test_shard_layouts_are_the_pipelines_and_reach_the_stage_command(tmp_path):
+  """The workflow's layout choices are pipelines.common's, and a stage's layout becomes its flag."""
+  from pipelines import common
+  assert stages_lib.SHARD_LAYOUTS == common.SHARD_LAYOUTS
+  flags = stages_lib.option_flags({"shard_layout": "per_input"}, stages_lib.BY_NAME["tokenize"].options)
+  assert flags == ["--shard_layout=per_input"]
+  layered = {name for name, s in stages_lib.BY_NAME.items() if "shard_layout" in s.options}
+  assert {"extract", "quality", "pii", "toxicity", "dedupe", "tokenize"} <= layered
 
 
 def test_every_declared_option_is_a_flag_of_its_stage():

@@ -117,6 +117,7 @@ def _check_value(where: str, value: Any, kind: str) -> Any:
       "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
       "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
       "str": lambda v: isinstance(v, str),
+      "layout": lambda v: v in stages_lib.SHARD_LAYOUTS,
       "bool": lambda v: isinstance(v, bool),
       "flag": lambda v: isinstance(v, bool),
       "list": lambda v: isinstance(v, list) and all(isinstance(x, (str, int, float)) for x in v),
@@ -124,7 +125,8 @@ def _check_value(where: str, value: Any, kind: str) -> Any:
       "gin": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
   }[kind]
   if not ok(value):
-    _fail(where, f"expected {kind}, got {type(value).__name__} {value!r}.")
+    expected = f"one of {list(stages_lib.SHARD_LAYOUTS)}" if kind == "layout" else kind
+    _fail(where, f"expected {expected}, got {type(value).__name__} {value!r}.")
   if kind == "path" and not os.path.isfile(resolve_path(value)):
     _fail(where, f"file {value!r} does not exist (paths are relative to {stages_lib.REPO_ROOT}).")
   return value

@@ -78,7 +78,7 @@ def option_flags(options: Mapping[str, Any], schema: Mapping[str, str]) -> list[
       flags.append(f"--{name}={','.join(str(v) for v in value)}")
     elif kind == "path":
       flags.append(f"--{name}={os.path.join(REPO_ROOT, value)}")
-    elif kind in ("int", "float", "str"):
+    elif kind in ("int", "float", "str", "layout"):
       flags.append(f"--{name}={value}")
   return flags
 
@@ -245,6 +245,10 @@ def _report(ctx: StageContext) -> list[str]:
 
 
 _SHARDS = {"num_shards": "int", "num_reject_shards": "int"}
+# Stages with ``--shard_layout`` (pipelines.common.SHARD_LAYOUTS; a test checks the two agree):
+# ``per_input`` keeps a local run's memory flat in the input size (docs/scale.md, Memory).
+SHARD_LAYOUTS = ("by_size", "per_input")
+_LAYOUT = {"shard_layout": "layout", "target_shard_bytes": "int"}
 
 _TABLE = (
     Stage("crawl", "pipelines.crawl", WARC, "crawl", {}, {
@@ -254,28 +258,29 @@ _TABLE = (
         "total_timeout": "float"}, _crawl, "beam",
           "Polite crawl of the seed URLs to WARC (runs only when the config has a crawl stage)."),
     Stage("extract", "pipelines.extract", DOCS, "extract", {"warc": WARC}, {
-        **_SHARDS, "languages": "list", "min_lang_score": "float", "extract_timeout_s": "float",
+        **_SHARDS, **_LAYOUT, "languages": "list", "min_lang_score": "float", "extract_timeout_s": "float",
         "source": "str"}, _extract, "beam", "WARC/WET -> clean text, language id."),
     Stage("quality", "pipelines.quality", DOCS, "quality", {"docs": DOCS}, {
-        **_SHARDS, "url_blocklist": "path", "min_words": "int", "max_words": "int",
+        **_SHARDS, **_LAYOUT, "url_blocklist": "path", "min_words": "int", "max_words": "int",
         "min_mean_word_length": "float", "max_mean_word_length": "float",
         "max_symbol_word_ratio": "float", "min_stop_words": "int",
         "min_alpha_words_frac": "float"}, _doc_stage("pipelines.quality"), "beam",
           "Gopher quality and repetition rules, C4 line rules, URL blocklist."),
     Stage("pii", "pipelines.pii", DOCS, "pii", {"docs": DOCS}, {
-        **_SHARDS, "max_hits": "int", "min_words_per_hit": "float", "density_min_hits": "int"},
+        **_SHARDS, **_LAYOUT, "max_hits": "int", "min_words_per_hit": "float", "density_min_hits": "int"},
           _doc_stage("pipelines.pii"), "beam", "PII detection and typed redaction."),
     Stage("toxicity", "pipelines.toxicity", DOCS, "toxicity", {"docs": DOCS}, {
-        **_SHARDS, "threshold": "float"}, _doc_stage("pipelines.toxicity"), "beam",
+        **_SHARDS, **_LAYOUT, "threshold": "float"}, _doc_stage("pipelines.toxicity"), "beam",
           "Toxicity scoring (word lists + hashed n-gram classifier).",
           code_data=("pipelines/toxicity_words",)),
     Stage("dedupe", "pipelines.dedupe", DOCS, "dedupe", {"docs": DOCS}, {
-        **_SHARDS, "exact": "bool", "near": "bool", "jaccard_threshold": "float",
+        **_SHARDS, **_LAYOUT, "num_buckets": "int", "target_bucket_bytes": "int", "exact": "bool", "near": "bool", "jaccard_threshold": "float",
         "ngram_size": "int", "num_bands": "int", "rows_per_band": "int", "seed": "int",
         "verify": "bool"}, _doc_stage("pipelines.dedupe"), "beam",
           "Exact and MinHash-LSH near-duplicate removal."),
     Stage("decontaminate", "pipelines.decontaminate", DOCS, "decontaminate", {"docs": DOCS}, {
-        **_SHARDS, "benchmarks": "list", "ngram": "int", "min_example_words": "int"},
+        **_SHARDS, "target_shard_bytes": "int", "benchmarks": "list", "ngram": "int",
+        "min_example_words": "int"},
           _doc_stage("pipelines.decontaminate"), "beam",
           "Drops documents that share an n-gram with an evaluation set (data/benchmarks).",
           code_data=("data/benchmarks",)),
@@ -284,7 +289,7 @@ _TABLE = (
         "max_sentence_length": "int", "max_whitespace_run": "int", "num_threads": "int"},
           _train_tokenizer, "local", "SentencePiece with Gemma's settings."),
     Stage("tokenize", "pipelines.tokenize", DATA, "data", {"docs": DOCS, "tokenizer": TOKENIZER}, {
-        **_SHARDS, "validation_fraction": "float", "num_validation_shards": "int",
+        **_SHARDS, **_LAYOUT, "validation_fraction": "float", "num_validation_shards": "int",
         "default_tier": "str", "batch_size": "int"}, _tokenize, "beam",
           "Token shards in the seqio cache layout, sources.json with tiers."),
     Stage("pretrain", "model.train", MODEL, "model", {"data": DATA}, {

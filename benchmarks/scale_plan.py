@@ -1,8 +1,9 @@
 """The cost of the data pipeline at Common Crawl scale, projected from measured per-stage rates.
 
 Reads benchmarks/results/stage_memory.json (each stage run alone on this machine at 1x..100x the
-sample: documents in, CPU seconds, output bytes) and projects, per stage, the vCPU-hours, the
-output bytes and the peak memory per worker for a crawl of ``--pages`` pages and for the documents
+sample: documents in, CPU seconds, output bytes) and benchmarks/results/shuffle_bytes.json (the
+bytes each stage's GroupByKeys are given, per layout) and projects, per stage, the vCPU-hours, the
+output and shuffle bytes and the peak memory per worker for a crawl of ``--pages`` pages and for the documents
 that the paper's 6T-token mixture needs. Writes benchmarks/results/scale_plan.json and prints the
 Markdown table that docs/scale.md quotes.
 
@@ -27,6 +28,7 @@ import os
 from benchmarks import harness
 
 MEMORY_RESULT = os.path.join(harness.RESULTS_DIR, "stage_memory.json")
+SHUFFLE_RESULT = os.path.join(harness.RESULTS_DIR, "shuffle_bytes.json")  # benchmarks/shuffle_bytes.py
 
 
 def _pages_in(row: dict) -> int:
@@ -57,7 +59,13 @@ def peak_rss_by_layout(rows: list[dict], stage: str) -> dict[str, dict[str, floa
   return peaks
 
 
-def project(rows: list[dict], pages: float, tokens: float) -> dict:
+def shuffle_per_page(shuffle_rows: list[dict], stage: str) -> dict[str, float]:
+  """``{layout: shuffled bytes per page (input document)}`` of one stage."""
+  return {_layout(row): row["shuffled_bytes"] / max(_pages_in(row), 1)
+          for row in shuffle_rows if row["stage"] == stage}
+
+
+def project(rows: list[dict], pages: float, tokens: float, shuffle_rows: list[dict] = ()) -> dict:
   largest: dict[str, dict] = {}
   for row in rows:
     stage = row["stage"]
@@ -83,25 +91,33 @@ def project(rows: list[dict], pages: float, tokens: float) -> dict:
         "output_bytes_per_input_doc": round(bytes_per_doc),
         "output_tib_per_snapshot": round(pages * bytes_per_doc / 2**40, 1),
         "peak_rss_mib": peak_rss_by_layout(rows, stage),
+        "shuffle_bytes_per_input_doc": {k: round(v) for k, v in shuffle_per_page(shuffle_rows, stage).items()},
+        "shuffle_tib_per_snapshot": {k: round(pages * v / 2**40, 1)
+                                     for k, v in shuffle_per_page(shuffle_rows, stage).items()},
     })
   return {"pages": pages, "tokens": tokens, "tokens_per_document": round(tokens_per_doc, 1),
           "documents_for_tokens": docs_for_tokens, "stages": stages,
-          "source": os.path.relpath(MEMORY_RESULT, os.path.dirname(harness.RESULTS_DIR))}
+          "source": os.path.relpath(MEMORY_RESULT, os.path.dirname(harness.RESULTS_DIR)),
+          "shuffle_source": os.path.relpath(SHUFFLE_RESULT, os.path.dirname(harness.RESULTS_DIR))}
 
 
 def markdown(plan: dict) -> str:
   lines = ["| stage | docs / CPU-s (at scale) | vCPU-hours, one snapshot | vCPU-hours, 6T tokens | "
-           "output bytes / input doc | output, one snapshot | peak RSS MiB by scale |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+           "output bytes / input doc | output, one snapshot | shuffle bytes / input doc | "
+           "shuffle, one snapshot | peak RSS MiB by scale |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
   for s in plan["stages"]:
     rss = "; ".join(
         f"{layout} " + ", ".join(f"{k}x: {v:.0f}" for k, v in sorted(peaks.items(), key=lambda kv: int(kv[0])))
         for layout, peaks in sorted(s["peak_rss_mib"].items()))
     for_tokens = s["vcpu_hours_for_6t_tokens"]
     for_tokens = f"{for_tokens:,}" if for_tokens is not None else "n/a"
+    per_doc = "; ".join(f"{layout} {v:,}" for layout, v in sorted(s["shuffle_bytes_per_input_doc"].items()))
+    per_snapshot = "; ".join(f"{layout} {v} TiB" for layout, v in sorted(s["shuffle_tib_per_snapshot"].items()))
     lines.append(f"| {s['stage']} | {s['docs_per_cpu_s']} ({s['measured_at_scale']}x) | "
                  f"{s['vcpu_hours_per_snapshot']:,} | {for_tokens} | "
-                 f"{s['output_bytes_per_input_doc']:,} | {s['output_tib_per_snapshot']} TiB | {rss} |")
+                 f"{s['output_bytes_per_input_doc']:,} | {s['output_tib_per_snapshot']} TiB | "
+                 f"{per_doc or 'n/a'} | {per_snapshot or 'n/a'} | {rss} |")
   return "\n".join(lines)
 
 
@@ -113,7 +129,11 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   with open(MEMORY_RESULT) as f:
     rows = json.load(f)["rows"]
-  plan = project(rows, args.pages, args.tokens)
+  shuffle_rows = []
+  if os.path.exists(SHUFFLE_RESULT):
+    with open(SHUFFLE_RESULT) as f:
+      shuffle_rows = json.load(f)["rows"]
+  plan = project(rows, args.pages, args.tokens, shuffle_rows)
   print(markdown(plan))
   if args.result != "none":
     print(f"wrote {harness.write_result(plan, args.result)}")

@@ -9,7 +9,7 @@ sample WARC file. So the scale is the number of input shards of one size, and a 
 does not depend on the input size is flat across the rows.
 
 Every stage that has the per-input layout (``--shard_layout=per_input``, pipelines/shardwise.py:
-quality, pii, toxicity, extract, filter; dedupe and tokenize, which shuffle through spill files,
+quality, pii, toxicity, decontaminate, extract, filter; dedupe and tokenize, which shuffle through spill files,
 pipelines/spill.py) is measured in both layouts; train_tokenizer with ``--sample_docs`` in the one
 it has (``shard_layout`` of the row: ``by_size``).
 
@@ -45,6 +45,7 @@ BY_SIZE, PER_INPUT = "by_size", "per_input"  # pipelines.common.SHARD_LAYOUTS
 # (stage, layouts) on the document input; extract and filter run on the WARCs.
 DOC_STAGES = (("quality", (BY_SIZE, PER_INPUT)), ("pii", (BY_SIZE, PER_INPUT)),
               ("toxicity", (BY_SIZE, PER_INPUT)), ("dedupe", (BY_SIZE, PER_INPUT)),
+              ("decontaminate", (BY_SIZE, PER_INPUT)),
               ("train_tokenizer", (BY_SIZE,)), ("tokenize", (BY_SIZE, PER_INPUT)))
 WARC_STAGES = (("extract", (BY_SIZE, PER_INPUT)), ("filter", (BY_SIZE, PER_INPUT)))
 SAMPLE_WARCS = "data/sample/*.warc.gz"

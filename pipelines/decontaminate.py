@@ -164,7 +164,7 @@ def overlap_report(doc_files: Sequence[str], fields: Mapping[str, Sequence[Seque
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args)
+  args, options = common.parse_stage_args(__doc__.splitlines()[0], argv, add_args, per_input=True)
   fields = _fields_from_args(args)
   if args.report:
     report = overlap_report(common.stage_input_files(args.input), fields, args.ngram, args.min_example_words)
@@ -172,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with open(os.path.join(args.output_dir, "overlap.json"), "w") as f:
       f.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
-  return common.run_doc_stage(STAGE, args, options,
-                              common.dofn_transform("DropContaminated", DropContaminated(
-                                  eval_index(fields, args.ngram, args.min_example_words))))
+  drop = DropContaminated(eval_index(fields, args.ngram, args.min_example_words))
+  return common.run_doc_stage(STAGE, args, options, common.dofn_transform("DropContaminated", drop),
+                              steps=[drop])
 
 
 if __name__ == "__main__":

@@ -203,3 +203,25 @@ def test_tokenize_summary_takes_ratios_per_pair_and_subtracts_the_fixed_cost():
   assert summary["per_pair_raw_over_job"] == pytest.approx([0.5, 1.0, 2 / 3])
   assert summary["per_pair_raw_over_job_without_startup"] == pytest.approx([1 / 1.5, 2 / 1.5, 1.0])
   assert summary["cpu_ratio_raw_over_job"]["median"] == pytest.approx(2 / 3)
+
+
+def test_shuffle_runner_measures_what_each_groupbykey_is_given(tmp_path, monkeypatch):
+  """benchmarks/shuffle_bytes.py against the elements' own encoded size: a GroupByKey of 3000
+  (key, text) pairs of varying length, and a CombinePerKey (counted at its one-per-key output)."""
+  import apache_beam as beam
+  from benchmarks import shuffle_bytes
+
+  out = tmp_path / "shuffle.jsonl"
+  monkeypatch.setenv(shuffle_bytes.OUT_ENV, str(out))
+  pairs = [(f"k{i % 7}", "x" * (i % 97)) for i in range(3000)]
+  coder = beam.coders.TupleCoder([beam.coders.StrUtf8Coder(), beam.coders.StrUtf8Coder()])
+  encoded = sum(len(coder.encode(p)) for p in pairs)
+  with beam.Pipeline(runner=shuffle_bytes.ShuffleMeasuringRunner()) as p:
+    pcoll = p | beam.Create(pairs)
+    _ = pcoll | "Group" >> beam.GroupByKey() | "Sizes" >> beam.MapTuple(lambda k, vs: len(list(vs)))
+    _ = pcoll | "Lengths" >> beam.MapTuple(lambda k, v: (k, len(v))) | "Sum" >> beam.CombinePerKey(sum)
+  totals = json.loads(out.read_text())
+  assert totals["Group"]["elements"] == 3000
+  # The sampled estimate of each element's encoding (with its window and timestamp: a few bytes).
+  assert encoded <= totals["Group"]["bytes"] <= 1.15 * encoded + 16 * 3000, (encoded, totals)
+  assert totals["Sum"]["elements"] == 7  # One per key after the combiner's lifting.

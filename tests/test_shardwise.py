@@ -20,13 +20,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from warcio.archiveiterator import ArchiveIterator
 
-from pipelines import (common, decontaminate, dedupe, extract, filter as fused, pii, quality,
-                       shardwise, toxicity, train_tokenizer)
+from pipelines import (chat_data, common, decontaminate, dedupe, extract, filter as fused, pii,
+                       quality, shardwise, toxicity, train_tokenizer)
 from stage_dirs import write_stage_dir
 from tests.sample_slice import slice_sample
 from beam_runners import RUNNERS
 
-DOC_STAGES = {"quality": quality, "pii": pii, "toxicity": toxicity}
+DOC_STAGES = {"quality": quality, "pii": pii, "toxicity": toxicity, "decontaminate": decontaminate}
 PER_INPUT = [f"--shard_layout={common.PER_INPUT}"]
 BROKEN_LINE = '{"id": "broken'
 
@@ -243,7 +243,7 @@ def test_a_truncated_input_shard_is_a_clear_error(doc_input, tmp_path):
   assert not os.path.exists(tmp_path / "out")
 
 
-def test_flags_that_do_not_apply_are_refused(doc_input, warcs, tmp_path):
+def test_flags_that_do_not_apply_are_refused(doc_input, warcs, tmp_path, capsys):
   out = str(tmp_path / "out")
   with pytest.raises(common.StageError, match="--num_shards"):
     quality.main([f"--input={doc_input}", f"--output_dir={out}", "--num_shards=2", *PER_INPUT])
@@ -253,8 +253,9 @@ def test_flags_that_do_not_apply_are_refused(doc_input, warcs, tmp_path):
     fused.main([f"--input={warcs}", f"--output_dir={out}", "--dedupe=true", *PER_INPUT])
   with pytest.raises(common.StageError, match="--num_shards"):
     dedupe.main([f"--input={doc_input}", f"--output_dir={out}", "--num_shards=2", *PER_INPUT])
-  with pytest.raises(SystemExit):  # decontaminate has no per-input layout: it refuses the flag.
-    decontaminate.main([f"--input={doc_input}", f"--output_dir={out}", *PER_INPUT])
+  with pytest.raises(SystemExit):  # chat_data has no per-input layout: it refuses the flag.
+    chat_data.main([f"--input={doc_input}", f"--output_dir={out}", "--tokenizer=t.model", *PER_INPUT])
+  assert "not supported by this stage" in capsys.readouterr().err
   assert not os.path.exists(out)
 
 

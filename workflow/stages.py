@@ -279,8 +279,7 @@ _TABLE = (
         "verify": "bool"}, _doc_stage("pipelines.dedupe"), "beam",
           "Exact and MinHash-LSH near-duplicate removal."),
     Stage("decontaminate", "pipelines.decontaminate", DOCS, "decontaminate", {"docs": DOCS}, {
-        **_SHARDS, "target_shard_bytes": "int", "benchmarks": "list", "ngram": "int",
-        "min_example_words": "int"},
+        **_SHARDS, **_LAYOUT, "benchmarks": "list", "ngram": "int", "min_example_words": "int"},
           _doc_stage("pipelines.decontaminate"), "beam",
           "Drops documents that share an n-gram with an evaluation set (data/benchmarks).",
           code_data=("data/benchmarks",)),

@@ -7,12 +7,14 @@ of the stage would move through its shuffle service.
 Each stage runs alone in a fresh process on the input benchmarks/stage_memory.py builds (its
 ``repeat_docs`` / ``repeat_warcs``, ``stage_argv``), with ``--runner`` set to
 :class:`ShuffleMeasuringRunner`: Beam's own local runner (the FnApiRunner the DirectRunner uses
-for batch), which after the run reads the runner's per-PCollection monitoring infos, element
-count and sampled encoded byte size, for every PCollection a GroupByKey reads. A GroupByKey
+for batch), which sizes every element a GroupByKey is given (:class:`_SizedGroupByKey`, put in
+place of each GroupByKey before the run) and, for a combine, reads the runner's element count and
+sampled size of its output. A GroupByKey
 inside a CombinePerKey is counted at the combine's output instead (one element per key: runners
 lift the combiner before the shuffle, so that is the least it moves). The bytes are the elements'
-encoded size in Beam's coders, the SDK's own sampled estimate (count x mean sampled size), which is
-what a runner's shuffle carries, before any compression.
+encoded size (key and value) in the coder Beam picks for the GroupByKey's input, every element
+sized (not the SDK's usual sample): what a runner's shuffle carries, before any compression and
+without the few bytes of window and timestamp per element.
 
 Writes benchmarks/results/shuffle_bytes.json: per stage and layout, documents in, the stage's
 stats, and the shuffled elements and bytes (per GroupByKey and in total);
@@ -35,6 +37,9 @@ import tempfile
 from apache_beam.metrics import monitoring_infos
 from apache_beam.portability import common_urns
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pipeline import PTransformOverride
 
 from benchmarks import harness
 from benchmarks import stage_memory
@@ -43,20 +48,12 @@ OUT_ENV = "GF_SHUFFLE_BYTES_OUT"  # Where the runner appends one JSON line per p
 RESULT = os.path.join(harness.RESULTS_DIR, "shuffle_bytes.json")
 
 
-def shuffled_pcollections(proto) -> dict[str, str]:
-  """``{pcollection id: transform name}`` of what a pipeline's shuffles carry: each GroupByKey's
-  input, except that a GroupByKey inside a CombinePerKey is replaced by the combine's output."""
+def combine_outputs(proto) -> dict[str, str]:
+  """``{pcollection id: transform name}`` of each CombinePerKey's output: what its shuffle moves
+  at least, one element per key, since runners combine before the shuffle."""
   transforms = proto.components.transforms
-  combines = {name for name, t in transforms.items()
-              if t.spec.urn == common_urns.composites.COMBINE_PER_KEY.urn}
-  inside_combine = {sub for name in combines for sub in transforms[name].subtransforms}
-  out = {}
-  for name, t in transforms.items():
-    if t.spec.urn == common_urns.primitives.GROUP_BY_KEY.urn and name not in inside_combine:
-      out.update({pc: t.unique_name for pc in t.inputs.values()})
-  for name in combines:
-    out.update({pc: transforms[name].unique_name for pc in transforms[name].outputs.values()})
-  return out
+  return {pc: t.unique_name for t in transforms.values()
+          if t.spec.urn == common_urns.composites.COMBINE_PER_KEY.urn for pc in t.outputs.values()}
 
 
 def shuffle_totals(shuffled: dict[str, str], infos) -> dict[str, dict[str, float]]:
@@ -82,14 +79,72 @@ def shuffle_totals(shuffled: dict[str, str], infos) -> dict[str, dict[str, float
   return out
 
 
+SIZE_NAMESPACE = "gf_shuffle_bytes"  # Counters: "<transform>/elements", "<transform>/bytes".
+
+
+class _SizeElements(beam.DoFn):
+  def __init__(self, name: str, coder):
+    self._name, self._coder = name, coder
+
+  def setup(self):
+    self._elements = Metrics.counter(SIZE_NAMESPACE, f"{self._name}/elements")
+    self._bytes = Metrics.counter(SIZE_NAMESPACE, f"{self._name}/bytes")
+
+  def process(self, element):
+    self._elements.inc()
+    self._bytes.inc(len(self._coder.encode(element)))
+    yield element
+
+
+class _SizedGroupByKey(beam.PTransform):
+  """A GroupByKey whose input elements are each sized with the input's coder first."""
+
+  def __init__(self, name: str):
+    super().__init__()
+    self._name = name
+
+  def expand(self, pcoll):
+    coder = beam.coders.registry.get_coder(pcoll.element_type)
+    return (pcoll | "Size" >> beam.ParDo(_SizeElements(self._name, coder))
+            | "GroupByKey" >> beam.GroupByKey())
+
+
+class _SizeEveryGroupByKey(PTransformOverride):
+  """Replaces each GroupByKey outside a CombinePerKey by :class:`_SizedGroupByKey`."""
+
+  def matches(self, applied):
+    if not isinstance(applied.transform, beam.GroupByKey):
+      return False
+    parent = applied.parent
+    while parent is not None:
+      if isinstance(parent.transform, (beam.CombinePerKey, _SizedGroupByKey)):
+        return False
+      parent = parent.parent
+    return True
+
+  def get_replacement_transform_for_applied_ptransform(self, applied):
+    return _SizedGroupByKey(applied.full_label)
+
+
 class ShuffleMeasuringRunner(FnApiRunner):
-  """The local runner, recording what each GroupByKey of the run was given (module docstring)."""
+  """The local runner, recording what each GroupByKey of the run was given (module docstring).
+
+  The SDK's own byte counts size a random sample of the elements (the first ten, then ever fewer),
+  which left one stage's figure varying by 2x between runs; so every GroupByKey is first replaced
+  by :class:`_SizedGroupByKey`, which sizes each element it is given with its PCollection's coder
+  (exact, the same on every run). Combines keep the SDK's counts: their elements are few and small.
+  """
 
   def run_pipeline(self, pipeline, options):
-    shuffled = shuffled_pcollections(pipeline.to_runner_api())
+    shuffled = combine_outputs(pipeline.to_runner_api())
+    pipeline.replace_all([_SizeEveryGroupByKey()])
     result = super().run_pipeline(pipeline, options)
     result.wait_until_finish()
     totals = shuffle_totals(shuffled, result.monitoring_infos())
+    for counter in result.metrics().query(
+        beam.metrics.MetricsFilter().with_namespace(SIZE_NAMESPACE))["counters"]:
+      name, kind = counter.key.metric.name.rsplit("/", 1)
+      totals.setdefault(name, {"elements": 0, "bytes": 0.0})[kind] += counter.committed
     path = os.environ.get(OUT_ENV)
     if path:
       with open(path, "a") as f:

@@ -13,8 +13,15 @@ the smallest ``(url, id)``, so the kept copy does not depend on input order or o
 Hot keys: a group's winner is found with ``CombinePerKey(min)``, which Beam pre-combines on every
 worker (combiner lifting), so a million copies cost one small tuple per worker before the shuffle.
 The winner is then joined back to the members by a GroupByKey whose values are only
-``(url, id, signature)`` tuples, iterated twice (find the winner, then emit edges) without being
+``(url, id, payload)`` tuples, iterated twice (find the winner, then emit edges) without being
 copied into a list; whole documents are only ever grouped by document id, which is unique.
+
+Signatures travel once: after exact dedupe (one copy per id is left) the band members carry no
+signature; each LSH bucket gives candidate pairs, and :class:`VerifyCandidates` joins every
+distinct pair with the two documents' signatures by id to compute its similarity. The 14 band
+members had carried the 896-byte signature 14 times, most of what the job shuffled
+(benchmarks/results/shuffle_bytes.json, docs/scale.md). With ``--exact=false`` copies of one id
+may differ, so their members carry their own signatures, as before.
 
 Tag, then filter: the steps attach a decision ``(doc, mark)`` to every document and the final
 :class:`ApplyDedupeDecisions` routes marked documents to the rejects.
@@ -284,13 +291,121 @@ class NearSimilarity:
     return jaccard if not self._verify or jaccard >= self._threshold else None
 
 
-def mark_near_duplicates(docs, config: DedupeConfig):
-  edges = (
-      docs
-      | "NearMembers" >> beam.ParDo(_BandMembers(config))
-      | "NearLinks" >> LinkToGroupWinner(NearSimilarity(config))
-      | "SmallestWinner" >> beam.CombinePerKey(min)
-  )
+_CANDIDATE, _SIG = 0, 1  # Tags of the values VerifyCandidates groups.
+_SIGNATURES = "signatures"  # The second output of _UnsignedBandMembers: (id, signature).
+
+
+class _UnsignedBandMembers(beam.DoFn):
+  """doc -> one ``((band, band_hash), (url, id, b""))`` per band, and ``(id, signature)`` once
+  on the ``signature`` output: the band members of :class:`_BandMembers` without the 896-byte
+  signature in each of the 14, for :class:`VerifyCandidates`."""
+
+  def __init__(self, config: DedupeConfig):
+    self._members = _BandMembers(config)
+
+  def setup(self):
+    self._members.setup()
+
+  def process(self, doc):
+    members = self._members.process(doc)
+    out: list[Any] = [(key, (url, doc_id, b"")) for key, (url, doc_id, _) in members]
+    if members:
+      out.append(beam.pvalue.TaggedOutput(_SIGNATURES, (doc["id"], members[0][1][2])))
+    return out
+
+
+
+class VerifyCandidates(beam.PTransform):
+  """``(candidates, signatures)`` -> verified edges ``(loser_id, (winner_url, winner_id, sim))``:
+  what :class:`LinkToGroupWinner` gives with ``similarity`` when every band member carries its
+  signature, but each signature is shuffled twice per document (to its pairs as loser, then as
+  winner) instead of once per band: most of what this job shuffled
+  (benchmarks/results/shuffle_bytes.json).
+
+  ``candidates``: distinct ``(loser_id, (winner_url, winner_id, _))``; ``signatures``:
+  ``(id, signature)``, one per id, so the documents' ids must be unique (they are after exact
+  dedupe, which keeps one copy per id; without it ``mark_near_duplicates`` links as before). Both
+  joins group tagged values and read them twice (the signature, then the pairs) without copying
+  them, so a hot winner costs what a hot band did.
+  """
+
+  def __init__(self, similarity):
+    super().__init__()
+    self._similarity = similarity
+
+  def expand(self, inputs):
+    candidates, signatures = inputs
+    with_loser = (
+        (signatures | "TagLoserSig" >> beam.MapTuple(lambda i, sig: (i, (_SIG, sig))),
+         candidates | "TagCandidate" >> beam.MapTuple(lambda i, edge: (i, (_CANDIDATE, edge))))
+        | "LoserFlatten" >> beam.Flatten()
+        | "ByLoser" >> beam.GroupByKey()
+        | "LoserSignature" >> beam.FlatMap(_with_loser_signature)
+    )
+    return (
+        (signatures | "TagWinnerSig" >> beam.MapTuple(lambda i, sig: (i, (_SIG, sig))), with_loser)
+        | "WinnerFlatten" >> beam.Flatten()
+        | "ByWinner" >> beam.GroupByKey()
+        | "Verified" >> beam.FlatMap(_verified_edges, self._similarity)
+    )
+
+
+def _signature_of(doc_id, values) -> bytes:
+  for tag, value in values:
+    if tag == _SIG:
+      return value
+  raise common.StageError(f"dedupe: no signature for {doc_id!r}, which is in a candidate pair.")
+
+
+def _candidates_with_signature(doc_id, values):
+  """The candidate values of ``doc_id``'s group, each with ``doc_id``'s signature (looked up on
+  the first candidate: a second pass over the values, which are re-iterable, never copied)."""
+  signature = None
+  for tag, value in values:
+    if tag == _CANDIDATE:
+      signature = signature or _signature_of(doc_id, values)
+      yield value, signature
+
+
+def _with_loser_signature(group):
+  """``(loser_id, values)`` -> ``(winner_id, (_CANDIDATE, (loser_id, winner_url, loser_sig)))``."""
+  loser_id, values = group
+  for (winner_url, winner_id, _), signature in _candidates_with_signature(loser_id, values):
+    yield winner_id, (_CANDIDATE, (loser_id, winner_url, signature))
+
+
+def _verified_edges(group, similarity):
+  """``(winner_id, values)`` -> ``(loser_id, (winner_url, winner_id, sim))`` for each pair that
+  :func:`link` links, with the two signatures."""
+  winner_id, values = group
+  for (loser_id, winner_url, loser_sig), signature in _candidates_with_signature(winner_id, values):
+    edge = link(("", loser_id, loser_sig), (winner_url, winner_id, signature), similarity)
+    if edge is not None:
+      yield loser_id, edge
+
+
+def near_edges(docs, config: DedupeConfig, unique_ids: bool):
+  """docs -> each linked document's edges ``(id, (winner_url, winner_id, sim))``, per band.
+
+  With ``unique_ids`` (after exact dedupe) the band members go without their signatures and the
+  candidate pairs are verified by :class:`VerifyCandidates`; otherwise, where copies of one id may
+  have different texts and so different signatures, each member carries its own."""
+  similarity = NearSimilarity(config)
+  if not unique_ids:
+    return (docs
+            | "NearMembers" >> beam.ParDo(_BandMembers(config))
+            | "NearLinks" >> LinkToGroupWinner(similarity))
+  members = docs | "NearMembers" >> beam.ParDo(_UnsignedBandMembers(config)).with_outputs(
+      _SIGNATURES, main="members")
+  candidates = (members.members
+                | "NearCandidates" >> LinkToGroupWinner(exact_similarity)
+                | "OneCandidatePerPair" >> beam.Distinct())
+  return (candidates, members[_SIGNATURES]) | "VerifyCandidates" >> VerifyCandidates(similarity)
+
+
+def mark_near_duplicates(docs, config: DedupeConfig, unique_ids: bool = False):
+  """docs -> ``(doc, mark)``; ``unique_ids``: no two documents share an id (see near_edges)."""
+  edges = near_edges(docs, config, unique_ids) | "SmallestWinner" >> beam.CombinePerKey(min)
   return (
       {"doc": docs | "NearById" >> beam.Map(_by_id), "edge": edges}
       | "NearJoin" >> beam.CoGroupByKey()
@@ -319,7 +434,9 @@ def dedupe(docs, config: DedupeConfig):
   if config.near:
     unique = marked | "ExactKept" >> beam.FlatMap(lambda dm: [dm[0]] if dm[1] is None else [])
     exact_dups = marked | "ExactDups" >> beam.Filter(lambda dm: dm[1] is not None)
-    marked = (exact_dups, mark_near_duplicates(unique, config)) | "AllMarks" >> beam.Flatten()
+    # After exact dedupe one copy of each id is left (exact_decision).
+    marked = (exact_dups, mark_near_duplicates(unique, config, unique_ids=config.exact)
+              ) | "AllMarks" >> beam.Flatten()
   return marked | "Apply" >> beam.ParDo(ApplyDedupeDecisions()).with_outputs(
       common.REJECTS_TAG, main="kept")
 

@@ -447,6 +447,12 @@ def keep(stage: str, doc: Doc) -> Doc:
 DEFAULT_TARGET_SHARD_BYTES = 128 * 2**20
 
 
+def total_bytes(paths: Sequence[str]) -> int:
+  """The summed size of files (or patterns), from the filesystem's metadata."""
+  return sum(metadata.size_in_bytes for result in FileSystems.match(list(paths))
+             for metadata in result.metadata_list)
+
+
 def shards_for(total_bytes: int, target_shard_bytes: int) -> int:
   """The shard count that keeps every shard near ``target_shard_bytes`` (at least 1)."""
   return max(1, -(-total_bytes // target_shard_bytes))

@@ -76,34 +76,18 @@ _CANDIDATE, _DECISION = b"c", b"d"  # Value tags of a per-file partition.
 
 # ----------------------------------------------------------------------------- encodings
 #
-# Values are compared as bytes by the merge, so every tuple is encoded order-preservingly: a string
-# as its UTF-8 (byte order = code point order) with NUL escaped and a NUL NUL terminator, so
-# ``enc(a) + x < enc(b) + y`` whenever ``a < b``.
-
-
-def _text(s: str) -> bytes:
-  return s.encode("utf-8", "surrogatepass").replace(b"\x00", b"\x00\x01") + b"\x00\x00"
-
-
-def _read_text(data: bytes, start: int) -> tuple[str, int]:
-  """The string :func:`_text` wrote at ``start``, and the offset after it."""
-  parts, pos = [], start
-  while True:
-    nul = data.index(b"\x00", pos)
-    parts.append(data[pos:nul])
-    if data[nul + 1:nul + 2] == b"\x00":
-      return b"\x00".join(parts).decode("utf-8", "surrogatepass"), nul + 2
-    pos = nul + 2  # An escaped NUL.
+# Values are compared as bytes by the merge, so every tuple is encoded order-preservingly, its
+# strings with :func:`spill.encode_text`.
 
 
 def _member(url: str, doc_id: str, payload: bytes = b"") -> bytes:
   """A group member ``(url, id, payload)``, in the order the default layout's ``min`` uses."""
-  return _text(url) + _text(doc_id) + payload
+  return spill.encode_text(url) + spill.encode_text(doc_id) + payload
 
 
 def _read_member(data: bytes) -> tuple[str, str, bytes]:
-  url, pos = _read_text(data, 0)
-  doc_id, pos = _read_text(data, pos)
+  url, pos = spill.decode_text(data, 0)
+  doc_id, pos = spill.decode_text(data, pos)
   return url, doc_id, data[pos:]
 
 
@@ -407,9 +391,7 @@ def num_buckets(files: Sequence[str], args) -> int:
                             f"{args.target_bucket_bytes}.")
   if args.num_buckets:
     return args.num_buckets
-  sizes = [m.size_in_bytes for result in FileSystems.match(list(files))
-           for m in result.metadata_list]
-  return common.shards_for(sum(sizes), args.target_bucket_bytes)
+  return common.shards_for(common.total_bytes(files), args.target_bucket_bytes)
 
 
 def run(args, options, config: dedupe.DedupeConfig) -> dict[str, Any]:
@@ -426,7 +408,7 @@ def run(args, options, config: dedupe.DedupeConfig) -> dict[str, Any]:
     build_pipeline(p, plan, tmp_dir, expected, args.input)
     p.run().wait_until_finish()
     paths = plan.spill_paths()
-    spilled = sum(m.size_in_bytes for result in FileSystems.match(paths) for m in result.metadata_list)
+    spilled = common.total_bytes(paths)
     logging.info("%s: %d spill files, %d bytes, removed.", dedupe.STAGE, len(paths), spilled)
     spill.delete(paths)  # By name: an object store has no directory to delete.
     if FileSystems.exists(plan.spill_dir):  # A local directory, now empty.

@@ -185,7 +185,7 @@ class _ProcessFile(beam.DoFn):
 
 
 def write_all_stats(items, stages: Sequence[Stage], expected_in: int | None, input_path: str,
-                     finish: Callable[[list[dict[str, Any]]], Any] | None) -> list[dict[str, Any]]:
+                    finish: Callable[[list[dict[str, Any]]], Any] | None) -> list[dict[str, Any]]:
   """Every stage's ``stats.json`` from the summed counts (and the input's line-count check)."""
   by_stage: list[list[tuple[str, int]]] = [[] for _ in stages]
   for (k, key), n in items:

@@ -112,6 +112,25 @@ def merge_partition(paths: Sequence[str], partition: int) -> Iterator[tuple[byte
   return heapq.merge(*(read_partition(path, partition, index) for path, index in zip(paths, indexes)))
 
 
+def encode_text(text: str) -> bytes:
+  """A string as bytes that sort as the strings do, whatever follows them: its UTF-8 (byte order is
+  code point order) with NUL escaped as ``00 01`` and ended by ``00 00``, so that
+  ``encode_text(a) + x < encode_text(b) + y`` whenever ``a < b``. The merge compares keys and
+  values as bytes, so a tuple encoded field by field this way sorts as the tuple does."""
+  return text.encode("utf-8", "surrogatepass").replace(b"\x00", b"\x00\x01") + b"\x00\x00"
+
+
+def decode_text(data: bytes, start: int = 0) -> tuple[str, int]:
+  """The string :func:`encode_text` wrote at ``start``, and the offset after it."""
+  parts, pos = [], start
+  while True:
+    nul = data.index(b"\x00", pos)
+    parts.append(data[pos:nul])
+    if data[nul + 1:nul + 2] == b"\x00":
+      return b"\x00".join(parts).decode("utf-8", "surrogatepass"), nul + 2
+    pos = nul + 2  # An escaped NUL.
+
+
 def delete(paths: Iterable[str]) -> None:
   """Removes spill files and their indexes (those that exist)."""
   existing = [p for path in paths for p in (path, path + INDEX_SUFFIX) if FileSystems.exists(p)]

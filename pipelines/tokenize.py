@@ -280,35 +280,29 @@ def write_shard(cache_dir: str, task: str, split: str, shard: int, num_shards: i
 
 
 class _ShardTally:
-  """The counts of a shard's records as they stream past (what ``FinishTask`` sums)."""
+  """The counts of a shard's records as they stream past (what ``FinishTask`` sums): the sources
+  seen and one token count per document, from which the rest is derived."""
 
   def __init__(self):
     self._sources: set[str] = set()
-    self._documents = 0
-    self._tokens = 0
-    self._max_tokens = 0
-    self._chunks = dict.fromkeys(STANDARD_CHUNK_LENGTHS, 0)
+    self._lengths: list[int] = []
 
   def add(self, source: str, num_tokens: int) -> None:
     self._sources.add(source)
-    self._documents += 1
-    self._tokens += num_tokens
-    self._max_tokens = max(self._max_tokens, num_tokens)
-    for c in self._chunks:
-      self._chunks[c] += -(-num_tokens // c)
+    self._lengths.append(num_tokens)
 
   def counts(self, split: str, shard: int) -> dict[str, Any]:
-    if not self._documents:
+    if not self._lengths:
       raise common.StageError(f"{split} shard {shard}: an empty shard has no counts (FinishTask "
                               "writes empty shards).")
     return {
         "sources": sorted(self._sources),
         "split": split,
         "shard": shard,
-        "documents": self._documents,
-        "tokens": self._tokens,
-        "max_tokens": self._max_tokens,
-        "chunks": {str(c): n for c, n in self._chunks.items()},
+        "documents": len(self._lengths),
+        "tokens": sum(self._lengths),
+        "max_tokens": max(self._lengths),
+        "chunks": count_chunks(self._lengths),
     }
 
 
@@ -526,9 +520,7 @@ def train_shard_count(input_files: Sequence[str], target_shard_bytes: int, shard
   ``shard_multiple``, so that every host of a mesh with that many (or a divisor of that many)
   data-loading hosts reads the same number of shards; documents go to shards by hash, so the
   shards' token counts are near equal at scale (``shard_token_imbalance`` in sources.json)."""
-  total = sum(metadata.size_in_bytes for result in FileSystems.match(list(input_files))
-              for metadata in result.metadata_list)
-  shards = common.shards_for(total, target_shard_bytes)
+  shards = common.shards_for(common.total_bytes(input_files), target_shard_bytes)
   return -(-shards // shard_multiple) * shard_multiple
 
 

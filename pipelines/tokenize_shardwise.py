@@ -83,18 +83,16 @@ def decode_key(key: bytes) -> tuple[str, str]:
 
 
 def encode_value(source: str, num_tokens: int, example: bytes) -> bytes:
-  """``(source, num_tokens, Example)`` as bytes that sort as the tuple does: the source escaped
-  (``01`` -> ``01 02``, ``00`` -> ``01 01``) and ended by ``00``, so a source sorts before those it
-  is a prefix of; the token count as 8 big-endian bytes; the Example last, as is."""
-  escaped = source.encode("utf-8").replace(b"\x01", b"\x01\x02").replace(b"\x00", b"\x01\x01")
-  return escaped + b"\x00" + _NUM_TOKENS.pack(num_tokens) + example
+  """``(source, num_tokens, Example)`` as bytes that sort as the tuple does: the source as
+  :func:`spill.encode_text` (a source sorts before those it is a prefix of), the token count as 8
+  big-endian bytes, the Example last, as is."""
+  return spill.encode_text(source) + _NUM_TOKENS.pack(num_tokens) + example
 
 
 def decode_value(value: bytes) -> tuple[str, int, bytes]:
-  end = value.index(b"\x00")
-  source = value[:end].replace(b"\x01\x01", b"\x00").replace(b"\x01\x02", b"\x01").decode("utf-8")
-  (num_tokens,) = _NUM_TOKENS.unpack_from(value, end + 1)
-  return source, num_tokens, value[end + 1 + _NUM_TOKENS.size:]
+  source, end = spill.decode_text(value)
+  (num_tokens,) = _NUM_TOKENS.unpack_from(value, end)
+  return source, num_tokens, value[end + _NUM_TOKENS.size:]
 
 
 def spill_path(spill_dir: str, index: int, num_files: int) -> str:

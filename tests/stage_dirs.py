@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 
 from pipelines import common
 
@@ -36,3 +37,20 @@ def read_out(out) -> tuple[list[dict], list[dict]]:
     return [json.loads(line) for path in sorted(glob.glob(os.path.join(str(out), pattern)))
             for line in open(path).read().splitlines()]
   return records("docs-*.jsonl"), records("rejects/rejects-*.jsonl")
+
+
+def copy_without_shard(src, dst, shard: int, num_shards: int) -> str:
+  """A copy of stage directory `src` at `dst` with docs shard `shard` removed (a lost shard)."""
+  shutil.copytree(src, dst)
+  os.remove(common.shard_path(str(dst), common.DOCS_PREFIX, shard, num_shards))
+  return str(dst)
+
+
+def copy_with_truncated_shard(src, dst, shard: int, num_shards: int, lines_lost: int = 1) -> str:
+  """A copy of stage directory `src` at `dst` whose docs shard `shard` lost its last lines (a
+  replaced or half-written shard: fewer lines than its stats.json counts)."""
+  shutil.copytree(src, dst)
+  path = common.shard_path(str(dst), common.DOCS_PREFIX, shard, num_shards)
+  lines = open(path).read().splitlines(keepends=True)
+  open(path, "w").write("".join(lines[:-lines_lost]))
+  return str(dst)

@@ -12,7 +12,6 @@ import filecmp
 import glob
 import json
 import os
-import shutil
 
 import pytest
 from hypothesis import given, strategies as st
@@ -20,6 +19,7 @@ from hypothesis import given, strategies as st
 from pipelines import common, dedupe, dedupe_shardwise, spill
 from test_dedupe import BASE, MODULES, edit_words, make_doc, planted_corpus
 from beam_runners import RUNNERS
+from stage_dirs import copy_with_truncated_shard, copy_without_shard
 
 NUM_FILES = 4
 BROKEN_LINE = '{"id": "broken'
@@ -231,20 +231,14 @@ def test_a_malformed_line_is_a_counted_reject_in_its_files_shard(reference):
 
 
 def test_a_missing_input_shard_is_a_clear_error(doc_input, tmp_path):
-  broken = str(tmp_path / "in")
-  shutil.copytree(doc_input, broken)
-  os.remove(common.shard_path(broken, common.DOCS_PREFIX, 1, NUM_FILES))
+  broken = copy_without_shard(doc_input, tmp_path / "in", 1, NUM_FILES)
   with pytest.raises(common.StageError, match=r"1 shard\(s\) missing: .*docs-00001-of-00004"):
     dedupe.main([f"--input={broken}", f"--output_dir={tmp_path / 'out'}", *PER_INPUT])
   assert not os.path.exists(tmp_path / "out")
 
 
 def test_a_truncated_input_shard_is_a_clear_error(doc_input, tmp_path):
-  broken = str(tmp_path / "in")
-  shutil.copytree(doc_input, broken)
-  path = common.shard_path(broken, common.DOCS_PREFIX, 2, NUM_FILES)
-  lines = open(path).readlines()
-  open(path, "w").writelines(lines[:-1])
+  broken = copy_with_truncated_shard(doc_input, tmp_path / "in", 2, NUM_FILES)
   with pytest.raises(Exception, match="truncated"):
     dedupe.main([f"--input={broken}", f"--output_dir={tmp_path / 'out'}", *PER_INPUT])
   assert not os.path.exists(tmp_path / "out")

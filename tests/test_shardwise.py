@@ -22,7 +22,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from pipelines import (chat_data, common, decontaminate, dedupe, extract, filter as fused, pii,
                        quality, shardwise, toxicity, train_tokenizer)
-from stage_dirs import write_stage_dir
+from stage_dirs import copy_with_truncated_shard, copy_without_shard, write_stage_dir
 from tests.sample_slice import slice_sample
 from beam_runners import RUNNERS
 
@@ -224,20 +224,14 @@ def test_a_failing_element_is_one_counted_reject(doc_input, tmp_path, monkeypatc
 
 
 def test_a_missing_input_shard_is_a_clear_error(doc_input, tmp_path):
-  broken = str(tmp_path / "in")
-  shutil.copytree(doc_input, broken)
-  os.remove(common.shard_path(broken, common.DOCS_PREFIX, 1, 3))
+  broken = copy_without_shard(doc_input, tmp_path / "in", 1, 3)
   with pytest.raises(common.StageError, match=r"1 shard\(s\) missing: .*docs-00001-of-00003"):
     quality.main([f"--input={broken}", f"--output_dir={tmp_path / 'out'}", *PER_INPUT])
   assert not os.path.exists(tmp_path / "out")
 
 
 def test_a_truncated_input_shard_is_a_clear_error(doc_input, tmp_path):
-  broken = str(tmp_path / "in")
-  shutil.copytree(doc_input, broken)
-  path = common.shard_path(broken, common.DOCS_PREFIX, 2, 3)
-  lines = open(path).readlines()
-  open(path, "w").writelines(lines[:-1])
+  broken = copy_with_truncated_shard(doc_input, tmp_path / "in", 2, 3)
   with pytest.raises(Exception, match="truncated"):
     toxicity.main([f"--input={broken}", f"--output_dir={tmp_path / 'out'}", *PER_INPUT])
   assert not os.path.exists(tmp_path / "out")

@@ -54,3 +54,12 @@ def test_an_index_that_does_not_match_its_ranges_is_an_error(tmp_path):
 def test_negative_partition_is_refused(tmp_path):
   with pytest.raises(spill.SpillError, match="non-negative"):
     spill.write(str(tmp_path / "x.spill"), [(-1, b"", b"")])
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.tuples(st.text(alphabet="\x00\x01ab\u00e9\U0001f600", max_size=5),
+                                st.binary(max_size=3)), max_size=12))
+def test_encoded_texts_sort_as_the_strings_whatever_follows(texts):
+  encoded = sorted(spill.encode_text(t) + rest for t, rest in texts)
+  decoded = [spill.decode_text(e) for e in encoded]
+  assert [(t, e[end:]) for (t, end), e in zip(decoded, encoded)] == sorted(texts)

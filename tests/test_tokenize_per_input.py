@@ -25,8 +25,9 @@ from pipelines import common
 from pipelines import spill
 from pipelines import tokenize
 from pipelines import tokenize_shardwise
-from test_tokenizer import make_docs, options, train, write_stage_dir
+from test_tokenizer import make_docs, train, write_stage_dir
 from beam_runners import RUNNERS
+from stage_dirs import copy_with_truncated_shard, copy_without_shard
 
 NUM_SHARDS = 3
 VALIDATION_FRACTION = 0.2
@@ -211,9 +212,7 @@ def test_seqio_reads_the_per_input_cache(runs, tokenizer_path):
 
 def test_a_missing_input_shard_is_a_clear_error(runs, tokenizer_path, tmp_path):
   input_dir, _ = runs
-  broken = str(tmp_path / "in")
-  shutil.copytree(input_dir, broken)
-  os.remove(common.shard_path(broken, common.DOCS_PREFIX, 1, NUM_INPUT_FILES))
+  broken = copy_without_shard(input_dir, tmp_path / "in", 1, NUM_INPUT_FILES)
   with pytest.raises(common.StageError, match=r"1 shard\(s\) missing: .*docs-00001-of-00003"):
     tokenize.main(argv(broken, tokenizer_path, tmp_path / "out", *PER_INPUT))
   assert not os.path.exists(tmp_path / "out")
@@ -221,11 +220,7 @@ def test_a_missing_input_shard_is_a_clear_error(runs, tokenizer_path, tmp_path):
 
 def test_a_truncated_input_shard_is_a_clear_error(runs, tokenizer_path, tmp_path):
   input_dir, _ = runs
-  broken = str(tmp_path / "in")
-  shutil.copytree(input_dir, broken)
-  path = common.shard_path(broken, common.DOCS_PREFIX, 2, NUM_INPUT_FILES)
-  lines = open(path).read().splitlines(keepends=True)
-  open(path, "w").write("".join(lines[:-3]))
+  broken = copy_with_truncated_shard(input_dir, tmp_path / "in", 2, NUM_INPUT_FILES, lines_lost=3)
   with pytest.raises(Exception, match="truncated"):
     tokenize.main(argv(broken, tokenizer_path, tmp_path / "out", *PER_INPUT))
   assert not os.path.exists(tmp_path / "out")

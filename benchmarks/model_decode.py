@@ -2,7 +2,7 @@
 
     python -m benchmarks.model_decode [--config=bench_100m] [--override FIELD=VALUE ...]
         [--dtype=float32|bfloat16] [--batch_size=4] [--seq_len=64 (prompt length)] [--new_tokens=32]
-        [--peers eager sdpa static compile] [--variants copies] [--pairs=7] [--warmup=1] [--threads=1] [--cpus=1] [--result=PATH]
+        [--peers eager sdpa static compile] [--variants copies cache_copies] [--pairs=7] [--warmup=1] [--threads=1] [--cpus=1] [--result=PATH]
 
 The prompts are `batch_size` rows of `seq_len` random tokens (BOS first, no padding). One run =
 one whole generate call (prefill included) that decodes exactly `new_tokens` tokens greedily:
@@ -11,6 +11,8 @@ one whole generate call (prefill included) that decodes exactly `new_tokens` tok
                                 one jit-compiled prefill + lax.while_loop that never exits early.
   ours[copies]                  (--variants copies) the same, as decoding was before it stopped copying
                                 weights at every step (see ours_side).
+  ours[cache_copies]            (--variants cache_copies) the same, as decoding was before it stopped
+                                copying the KV cache at every step (see ours_side).
   transformers[eager|sdpa]      model.generate(do_sample=False, use_cache=True, max_new_tokens=n,
                                 min_new_tokens=n), generation_config.eos_token_id = None (no early
                                 stop, no EOS logit masked: greedy stays exact); dynamic KV cache.
@@ -50,12 +52,25 @@ def _copying_step(model, params, tokens, positions, segment_ids, cache):
   return logits[:, -1], cache
 
 
+def _copying_attend_with_cache(query, key, value, mask, layer_cache, index, chunk_size=None):
+  """model.modules.attend_with_cache as it was before: [B, S, K, H] keys and values, written into the
+  cache first, then attended over the updated cache (XLA:CPU copied each cache at every step)."""
+  from model import modules
+  dtype = query.dtype
+  new_cache = {name: modules.write_cache(layer_cache[name], x, "BSKH", index) for name, x in (("k", key), ("v", value))}
+  cached_key, cached_value = new_cache["k"].astype(dtype), new_cache["v"].astype(dtype)
+  attend = lambda q, m: modules.dot_product_attention(q, cached_key, cached_value, m)
+  return (attend(query, mask) if chunk_size is None else modules.map_chunks(attend, (query, mask), chunk_size)), new_cache
+
+
 def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, seed: int, variant: str = ""):
   """Worker factory: run() is one jitted greedy generate call; returns the tokens as lists.
 
-  variant "copies" puts back what decoding did before (docs/model_benchmarks.md): every weight
-  copied out of its stack or transposed at every step (model.modules.weight_copy_is_cheaper
-  always true) and a prefill that computes the logits of every prompt position.
+  Variants put back what decoding did before a change (docs/model_benchmarks.md): "copies", every
+  weight copied out of its stack or transposed at every step (model.modules.weight_copy_is_cheaper
+  always true) and a prefill that computes the logits of every prompt position; "cache_copies", the
+  KV cache in the [B, S, K, H] layout, written before the attention reads it
+  (`_copying_attend_with_cache`).
   """
   import jax
   import numpy as np
@@ -64,6 +79,9 @@ def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, se
   if variant == "copies":
     modules.weight_copy_is_cheaper = lambda x, stacked: True
     decoding._step = _copying_step
+  elif variant == "cache_copies":
+    modules.CACHE_AXES = {"k": "BSKH", "v": "BSKH"}
+    modules.attend_with_cache = _copying_attend_with_cache
   elif variant:
     raise ValueError(f"unknown variant {variant!r}")
 
@@ -158,7 +176,7 @@ def main(argv=None) -> dict:
   _common.add_model_flags(parser, batch_size=4, seq_len=64)
   parser.add_argument("--new_tokens", type=int, default=32, help="tokens generated per row")
   parser.add_argument("--peers", nargs="+", default=["eager", "sdpa", "static"], choices=sorted(PEERS))
-  parser.add_argument("--variants", nargs="*", default=[], choices=["copies"],
+  parser.add_argument("--variants", nargs="*", default=[], choices=["copies", "cache_copies"],
                       help="ours as it was before a change, timed in the same run (see ours_side)")
   harness.add_flags(parser)
   args = parser.parse_args(argv)

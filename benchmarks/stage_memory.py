@@ -9,16 +9,23 @@ sample WARC file. So the scale is the number of input shards of one size, and a 
 does not depend on the input size is flat across the rows.
 
 Every stage that has the per-input layout (``--shard_layout=per_input``, pipelines/shardwise.py:
-quality, pii, toxicity, decontaminate, extract, filter; dedupe and tokenize, which shuffle through spill files,
-pipelines/spill.py) is measured in both layouts; train_tokenizer with ``--sample_docs`` in the one
-it has (``shard_layout`` of the row: ``by_size``).
+quality, pii, toxicity, decontaminate, extract, filter; dedupe, tokenize and crawl, which shuffle
+through spill files, pipelines/spill.py) is measured in both layouts; train_tokenizer with
+``--sample_docs`` in the one it has (``shard_layout`` of the row: ``by_size``).
+
+The crawl's input is a synthetic site served on loopback by this process (:class:`SyntheticSite`,
+stdlib ``http.server``, one server per origin; the measured crawl is the child process): at scale
+``s``, ``5 s`` origins of 10 pages of about 20 KB each (an index page linking to 9 others), so 1x
+is a small crawl of 50 pages and the scale is the number of origins, each one ``FetchHost`` call's
+worth of pages. Every page is fetched (``--max_depth=1``, ``--min_delay=0``).
 
     .venv/bin/python -m benchmarks.stage_memory [--scales=1,10,100] [--extract_scales=1,10] \
         [--stages=quality,...] [--layouts=by_size,per_input] [--append]
 
 ``--append`` adds rows to the existing result file, e.g. the per-input WARC stages at 100x (which
 the default layout would take hours and gigabytes for): ``--append --scales= --extract_scales=100
---stages=extract,filter --layouts=per_input``.
+--stages=extract,filter --layouts=per_input``, or the crawl alone: ``--append --stages=crawl
+--extract_scales=`` (the sample is only extracted when a document or WARC stage is selected).
 
 Writes benchmarks/results/stage_memory.json: per stage, layout and scale, input documents, peak RSS
 (MiB), wall and CPU seconds, stats and output bytes. The input is made from the sample's own
@@ -30,13 +37,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import http.server
 import json
 import os
+import random
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from benchmarks import harness
@@ -48,7 +58,10 @@ DOC_STAGES = (("quality", (BY_SIZE, PER_INPUT)), ("pii", (BY_SIZE, PER_INPUT)),
               ("decontaminate", (BY_SIZE, PER_INPUT)),
               ("train_tokenizer", (BY_SIZE,)), ("tokenize", (BY_SIZE, PER_INPUT)))
 WARC_STAGES = (("extract", (BY_SIZE, PER_INPUT)), ("filter", (BY_SIZE, PER_INPUT)))
+CRAWL_STAGES = (("crawl", (BY_SIZE, PER_INPUT)),)  # On a SyntheticSite.
 SAMPLE_WARCS = "data/sample/*.warc.gz"
+CRAWL_ORIGINS_1X, CRAWL_PAGES_PER_ORIGIN, CRAWL_PAGE_BYTES = 5, 10, 20_000
+CRAWL_SHARDS = 4
 
 
 def _peak_wrapper(argv: list[str]) -> list[str]:
@@ -116,6 +129,69 @@ def repeat_warcs(out_dir: str, scale: int) -> str:
   return os.path.join(out_dir, "*.warc.gz")
 
 
+class SyntheticSite:
+  """``origins`` HTTP servers on 127.0.0.1 (one port each, so one origin each), each serving
+  ``/`` linking to ``/p1`` .. ``/p<pages - 1>``; every page about ``page_bytes`` of HTML made of
+  seeded random words (as compressible as text, so the gzipped WARC records keep most of their
+  size), the same on every request. robots.txt is 404: allow all."""
+
+  def __init__(self, origins: int, pages: int = CRAWL_PAGES_PER_ORIGIN,
+               page_bytes: int = CRAWL_PAGE_BYTES):
+    site = self
+    self._pages, self._page_bytes = pages, page_bytes
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def do_GET(self):  # noqa: N802 (http.server's name)
+        body = site.page(self.server.server_address[1], self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+      def log_message(self, *args):
+        pass
+
+    self._servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+                     for _ in range(origins)]
+    for server in self._servers:
+      server.daemon_threads = True
+      threading.Thread(target=server.serve_forever, daemon=True).start()
+
+  @property
+  def seeds(self) -> list[str]:
+    return [f"http://127.0.0.1:{s.server_address[1]}/" for s in self._servers]
+
+  def page(self, port: int, path: str) -> bytes | None:
+    names = ["/"] + [f"/p{i}" for i in range(1, self._pages)]
+    if path not in names:
+      return None
+    rng = random.Random(f"{port}{path}")
+    links = "".join(f'<a href="{name}">{name}</a> ' for name in names[1:]) if path == "/" else ""
+    words, size = [], 0
+    while size < self._page_bytes:
+      word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+      words.append(word)
+      size += len(word) + 1
+    return (f"<html><head><title>{path}</title></head><body><p>{links}</p><p>"
+            f"{' '.join(words)}</p></body></html>").encode("utf-8")
+
+  def close(self) -> None:
+    for server in self._servers:
+      server.shutdown()
+      server.server_close()
+
+
+def crawl_argv(layout: str, seeds: str, out: str) -> list[str]:
+  """The crawl of a SyntheticSite: every page fetched, as fast as loopback allows."""
+  argv = ["pipelines.crawl", f"--seeds={seeds}", f"--output_dir={out}", "--allow_loopback",
+          "--min_delay=0", "--max_depth=1", f"--max_pages={CRAWL_PAGES_PER_ORIGIN}",
+          f"--num_shards={CRAWL_SHARDS}"]
+  if layout == PER_INPUT:
+    argv += [f"--shard_layout={PER_INPUT}"]
+  return argv
+
+
 def stage_argv(stage: str, layout: str, inp: str, out: str, work: str, sample_docs: int) -> list[str]:
   argv = [f"pipelines.{stage}", f"--input={inp}", f"--output_dir={out}"]
   if stage in ("extract", "filter"):
@@ -153,13 +229,72 @@ def _row(stage: str, layout: str, scale: int, argv: list[str], out: str) -> dict
   return row
 
 
+def crawl_rows(args, work: str) -> list[dict]:
+  """The crawl's rows: each scale's SyntheticSite, crawled in each selected layout."""
+  rows = []
+  for scale in args.scales:
+    for stage, layouts in CRAWL_STAGES:
+      selected = _selected(stage, layouts, args)
+      if not selected:
+        continue
+      site = SyntheticSite(CRAWL_ORIGINS_1X * scale)
+      try:
+        seeds = os.path.join(work, f"seeds-{scale}x.txt")
+        with open(seeds, "w") as f:
+          f.write("\n".join(site.seeds) + "\n")
+        for layout in selected:
+          out = os.path.join(work, f"{stage}-{layout}-{scale}x")
+          row = _row(stage, layout, scale, crawl_argv(layout, seeds, out), out)
+          row["documents_in"] = row["stats"]["in"]  # URLs attempted.
+          row["page_bytes"] = CRAWL_PAGE_BYTES
+          rows.append(row)
+      finally:
+        site.close()
+  return rows
+
+
+def sample_rows(args, work: str) -> list[dict]:
+  """The WARC and document stages' rows, on copies of the sample (extracted first, at 1x)."""
+  rows = []
+  base = os.path.join(work, "extract-1x")
+  measure(["pipelines.extract", f"--input={SAMPLE_WARCS}", f"--output_dir={base}",
+           "--languages=en"])
+  sample_docs = sum(1 for path in glob.glob(os.path.join(base, "docs-*.jsonl")) for _ in open(path))
+  for scale in args.extract_scales:
+    inp = repeat_warcs(os.path.join(work, f"warc-{scale}x"), scale)
+    for stage, layouts in WARC_STAGES:
+      for layout in _selected(stage, layouts, args):
+        out = os.path.join(work, f"{stage}-{layout}-{scale}x")
+        row = _row(stage, layout, scale, stage_argv(stage, layout, inp, out, work, sample_docs), out)
+        row["documents_in"] = row["stats"]["in"]
+        rows.append(row)
+    shutil.rmtree(os.path.dirname(inp), ignore_errors=True)
+  # The tokenizer that tokenize uses at every scale (trained on the 1x sample).
+  measure(["pipelines.train_tokenizer", f"--input={base}",
+           f"--output_dir={work}/tokenizer-1x", "--vocab_size=4096"])
+  for scale in args.scales:
+    inp = os.path.join(work, f"docs-{scale}x")
+    n = repeat_docs(base, inp, scale)
+    for stage, layouts in DOC_STAGES:
+      for layout in _selected(stage, layouts, args):
+        out = os.path.join(work, f"{stage}-{layout}-{scale}x")
+        row = _row(stage, layout, scale, stage_argv(stage, layout, inp, out, work, sample_docs), out)
+        row["documents_in"] = n
+        if stage == "train_tokenizer":
+          row["sample_docs"] = sample_docs  # The 1x document count, at every scale.
+        rows.append(row)
+    shutil.rmtree(inp, ignore_errors=True)
+  return rows
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ints = lambda s: [int(x) for x in s.split(",") if x]
   names = lambda s: [x for x in s.split(",") if x]
   parser.add_argument("--scales", type=ints, default=[1, 10, 100])
   parser.add_argument("--extract_scales", type=ints, default=[1, 10])
-  parser.add_argument("--stages", type=names, default=[s for s, _ in WARC_STAGES + DOC_STAGES],
+  parser.add_argument("--stages", type=names,
+                      default=[s for s, _ in WARC_STAGES + DOC_STAGES + CRAWL_STAGES],
                       help="Stages to measure (default: all).")
   parser.add_argument("--layouts", type=names, default=[BY_SIZE, PER_INPUT],
                       help="Shard layouts to measure (default: both).")
@@ -169,36 +304,10 @@ def main(argv=None) -> dict:
   parser.add_argument("--result", default=os.path.join(harness.RESULTS_DIR, "stage_memory.json"))
   args = parser.parse_args(argv)
   work = tempfile.mkdtemp(prefix="gf-memory-")
-  rows = []
   try:
-    base = os.path.join(work, "extract-1x")
-    measure(["pipelines.extract", f"--input={SAMPLE_WARCS}", f"--output_dir={base}",
-             "--languages=en"])
-    sample_docs = sum(1 for path in glob.glob(os.path.join(base, "docs-*.jsonl")) for _ in open(path))
-    for scale in args.extract_scales:
-      inp = repeat_warcs(os.path.join(work, f"warc-{scale}x"), scale)
-      for stage, layouts in WARC_STAGES:
-        for layout in _selected(stage, layouts, args):
-          out = os.path.join(work, f"{stage}-{layout}-{scale}x")
-          row = _row(stage, layout, scale, stage_argv(stage, layout, inp, out, work, sample_docs), out)
-          row["documents_in"] = row["stats"]["in"]
-          rows.append(row)
-      shutil.rmtree(os.path.dirname(inp), ignore_errors=True)
-    # The tokenizer that tokenize uses at every scale (trained on the 1x sample).
-    measure(["pipelines.train_tokenizer", f"--input={base}",
-             f"--output_dir={work}/tokenizer-1x", "--vocab_size=4096"])
-    for scale in args.scales:
-      inp = os.path.join(work, f"docs-{scale}x")
-      n = repeat_docs(base, inp, scale)
-      for stage, layouts in DOC_STAGES:
-        for layout in _selected(stage, layouts, args):
-          out = os.path.join(work, f"{stage}-{layout}-{scale}x")
-          row = _row(stage, layout, scale, stage_argv(stage, layout, inp, out, work, sample_docs), out)
-          row["documents_in"] = n
-          if stage == "train_tokenizer":
-            row["sample_docs"] = sample_docs  # The 1x document count, at every scale.
-          rows.append(row)
-      shutil.rmtree(inp, ignore_errors=True)
+    rows = crawl_rows(args, work)
+    if any(_selected(stage, layouts, args) for stage, layouts in WARC_STAGES + DOC_STAGES):
+      rows += sample_rows(args, work)
   finally:
     shutil.rmtree(work, ignore_errors=True)
   run = {"command": " ".join(["python -m benchmarks.stage_memory", *(argv or sys.argv[1:])]),

@@ -173,21 +173,93 @@ def _softmax_bwd(probs, grad):
 softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
-def dot_product_attention(query, key, value, mask):
+def dot_product_attention(query, key, value, mask, key_axes="BSKH", value_axes="BSKH"):
   """softmax(q k^T + mask) v with float32 logits and softmax.
 
   Args:
     query: [B, T, K, G, H] queries, already scaled.
-    key, value: [B, S, K, H].
+    key, value: [B, S, K, H], or laid out as key_axes / value_axes name them (a cache: CACHE_AXES).
     mask: [B, T, S] bool, True where query t may attend key s.
 
   Returns:
     [B, T, K, G, H] in value's dtype.
   """
-  logits = jnp.einsum("BTKGH,BSKH->BKGTS", query, key, preferred_element_type=jnp.float32)
+  logits = jnp.einsum(f"BTKGH,{key_axes}->BKGTS", query, key, preferred_element_type=jnp.float32)
   logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
   probs = softmax(logits).astype(value.dtype)
-  return jnp.einsum("BKGTS,BSKH->BTKGH", probs, value)
+  return jnp.einsum(f"BKGTS,{value_axes}->BTKGH", probs, value)
+
+
+# Layout of a layer's cached keys and values (B batch, K kv heads, S cache slots, H head_dim):
+# `transformer.init_cache` builds it, `attend_with_cache` reads and writes it. Batch stays first
+# (beam search reorders cache rows with x[rows]). Each is the layout its attention product reads
+# as stored: XLA:CPU copied [B, S, K, H] values into [B, K, H, S] at every decoding step.
+CACHE_AXES = {"k": "BKSH", "v": "BKHS"}
+
+
+def write_cache(cache: jax.Array, x: jax.Array, axes: str, index) -> jax.Array:
+  """x [B, T, K, H] written into `cache` (laid out as `axes`) at slots [index, index + T)."""
+  x = jnp.transpose(x.astype(cache.dtype), ["BSKH".index(a) for a in axes])  # T takes S's place.
+  return jax.lax.dynamic_update_slice(cache, x, tuple(index if a == "S" else 0 for a in axes))
+
+
+def decode_step_attention(query, cached_key, cached_value, key, value, mask, index):
+  """`dot_product_attention` over the cache with key, value [B, T, K, H] written at slot `index`,
+  computed from the cache as it was (slots < index) and the new keys/values: one softmax over
+  both parts' logits, and the two parts' products with the values summed in float32. Same
+  result up to summation order. It reads only the old cache, so the cache update has one
+  consumer and can be done in place (`attend_with_cache`).
+  """
+  key_axes, value_axes = CACHE_AXES["k"], CACHE_AXES["v"]
+  slots, length = mask.shape[-1], query.shape[1]
+  old = jnp.einsum(f"BTKGH,{key_axes}->BKGTS", query, cached_key, preferred_element_type=jnp.float32)
+  new = jnp.einsum("BTKGH,BSKH->BKGTS", query, key, preferred_element_type=jnp.float32)
+  old_mask = mask & (jnp.arange(slots) < index)
+  new_mask = jax.lax.dynamic_slice_in_dim(mask, index, length, axis=2)
+  logits = jnp.concatenate([jnp.where(old_mask[:, None, None], old, _MASK_VALUE),
+                            jnp.where(new_mask[:, None, None], new, _MASK_VALUE)], axis=-1)
+  probs = softmax(logits).astype(value.dtype)
+  encoded = (jnp.einsum(f"BKGTS,{value_axes}->BTKGH", probs[..., :slots], cached_value,
+                        preferred_element_type=jnp.float32)
+             + jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., slots:], value, preferred_element_type=jnp.float32))
+  return encoded.astype(value.dtype)
+
+
+def _after(x: jax.Array, done: jax.Array) -> jax.Array:
+  """x, made to depend on `done` (x + 0 * one element of done: the same x unless done holds a NaN
+  or an infinity, where the attention output is already lost).
+
+  XLA:CPU orders ops by their data dependencies alone when it decides whether a loop-carried
+  buffer can be updated in place (optimization barriers are gone by then): writing the new keys
+  into the cache while the attention still reads the old cache, in no order it can see, makes it
+  copy the cache at every step (docs/model_benchmarks.md, "Decoding's cache copies").
+  """
+  return x + (done.reshape(-1)[0] * 0).astype(x.dtype)
+
+
+def attend_with_cache(query, key, value, mask, layer_cache, index, chunk_size=None):
+  """Writes key, value [B, T, K, H] into the layer's cache at slot `index` and attends from query
+  [B, T, K, G, H] (mask [B, T, S]) over everything cached; returns ([B, T, K, G, H], new cache).
+
+  A call of one token per row (a decoding step) attends over the old cache and its own key
+  (`decode_step_attention`) and writes the cache after, so XLA updates it in place; other calls
+  (a prefill) attend over the updated cache, where the extra [T, T] logits of the split would
+  cost more than the one cache copy it saves.
+  """
+  dtype = query.dtype
+  cached_key, cached_value = layer_cache["k"], layer_cache["v"]
+  if query.shape[1] == 1:
+    key, value = key.astype(cached_key.dtype).astype(dtype), value.astype(cached_value.dtype).astype(dtype)
+    encoded = decode_step_attention(query, cached_key.astype(dtype), cached_value.astype(dtype), key, value,
+                                    mask, index)
+    new_cache = {"k": write_cache(cached_key, _after(key, encoded), CACHE_AXES["k"], index),
+                 "v": write_cache(cached_value, _after(value, encoded), CACHE_AXES["v"], index)}
+    return encoded, new_cache
+  new_cache = {name: write_cache(layer_cache[name], x, CACHE_AXES[name], index)
+               for name, x in (("k", key), ("v", value))}
+  cached_key, cached_value = new_cache["k"].astype(dtype), new_cache["v"].astype(dtype)
+  attend = lambda q, m: dot_product_attention(q, cached_key, cached_value, m, CACHE_AXES["k"], CACHE_AXES["v"])
+  return (attend(query, mask) if chunk_size is None else map_chunks(attend, (query, mask), chunk_size)), new_cache
 
 
 def map_chunks(fn, xs, chunk_size: int):
@@ -235,7 +307,7 @@ class Attention(nn.Module):
       x: [B, T, D] normed activations.
       positions: [B, T] int positions (RoPE).
       mask: [B, T, S] bool, True where query t may attend key s.
-      layer_cache: None, or {'k', 'v'}: [B, S, K, H] cached keys/values (after RoPE).
+      layer_cache: None, or {'k', 'v'}: cached keys/values (after RoPE), laid out as CACHE_AXES.
       cache_index: int32 scalar, the cache slot of x's first token.
 
     Returns:
@@ -261,21 +333,19 @@ class Attention(nn.Module):
     query = apply_rope(query, positions) * jnp.asarray(cfg.head_dim**-0.5, dtype)
     key = apply_rope(key, positions)
 
-    new_cache = None
-    if layer_cache is not None:
-      start = (0, cache_index, 0, 0)
-      key = jax.lax.dynamic_update_slice(layer_cache["k"], key.astype(layer_cache["k"].dtype), start)
-      value = jax.lax.dynamic_update_slice(layer_cache["v"], value.astype(layer_cache["v"].dtype), start)
-      new_cache = {"k": key, "v": value}
-
     batch, length = query.shape[:2]
     query = query.reshape(batch, length, cfg.num_kv_heads, cfg.num_query_groups, cfg.head_dim)
-    key, value = key.astype(dtype), value.astype(dtype)
-    attend = lambda q, m: dot_product_attention(q, key, value, m)
-    if cfg.attention_chunk_size is None:
-      encoded = attend(query, mask)
+    new_cache = None
+    if layer_cache is not None:
+      encoded, new_cache = attend_with_cache(query, key, value, mask, layer_cache, cache_index,
+                                             cfg.attention_chunk_size)
     else:
-      encoded = map_chunks(attend, (query, mask), cfg.attention_chunk_size)
+      key, value = key.astype(dtype), value.astype(dtype)
+      attend = lambda q, m: dot_product_attention(q, key, value, m)
+      if cfg.attention_chunk_size is None:
+        encoded = attend(query, mask)
+      else:
+        encoded = map_chunks(attend, (query, mask), cfg.attention_chunk_size)
     # Heads and head_dim folded into one axis X on both sides (free reshapes): a plain matmul over
     # the weight as stored, which XLA would otherwise transpose on every call.
     encoded = encoded.reshape(batch, length, cfg.num_heads * cfg.head_dim)

@@ -9,8 +9,9 @@ KV cache (incremental decoding, `decode=True`), built by `init_cache`:
 
     {'index': int32 scalar        next cache slot to write (same for every row),
      'segment_ids': int32 [B, S]  segment id of each written slot, 0 = empty/padding,
-     'layers': {'layer_<i>': {'k': [B, S, K, H], 'v': [B, S, K, H]}}}
+     'layers': {'layer_<i>': {'k': [B, K, S, H], 'v': [B, K, H, S]}}}
 
+(`modules.CACHE_AXES`: each the layout its attention product reads as stored.)
 Keys are stored after RoPE, in the compute dtype, with K = num_kv_heads (one
 head for the multi-query 2B model). A call with T tokens writes them into
 slots [index, index + T) and advances index by T: the prompt is "prefilled"
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from model.config import GemmaConfig
+from model import modules
 from model.modules import Block, Embedder, RMSNorm
 
 # config.remat_policy -> jax.checkpoint policy (None saves nothing but the block's inputs).
@@ -53,8 +55,9 @@ def init_cache(config: GemmaConfig, batch_size: int, cache_len: int) -> dict:
   """An empty KV cache for `batch_size` rows and `cache_len` slots."""
   if cache_len > config.max_seq_len:
     raise ValueError(f"cache_len {cache_len} exceeds the model's max_seq_len {config.max_seq_len}")
-  shape = (batch_size, cache_len, config.num_kv_heads, config.head_dim)
-  layer = lambda: {"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
+  sizes = {"B": batch_size, "S": cache_len, "K": config.num_kv_heads, "H": config.head_dim}
+  layer = lambda: {name: jnp.zeros(tuple(sizes[axis] for axis in axes), config.compute_dtype)
+                   for name, axes in modules.CACHE_AXES.items()}
   return {
       "index": jnp.zeros((), jnp.int32),
       "segment_ids": jnp.zeros((batch_size, cache_len), jnp.int32),

@@ -1,7 +1,8 @@
 r"""Conversation data -> seqio caches for SFT, the reward model and RLHF (Gemma's dialogue format).
 
     python -m pipelines.chat_data --input='data/chat/*.jsonl' --tokenizer=<tokenizer.model> \
-        --output_dir=<chat data dir> [--max_length=256] [--validation_fraction=0.1] [--source=NAME]
+        --output_dir=<chat data dir> [--max_length=256] [--validation_fraction=0.1] [--source=NAME] \
+        [--shard_layout=by_size|per_input] [--num_buckets=0]
 
 Each input line is one JSON object in a format people already have:
 
@@ -29,6 +30,14 @@ Output (the layout of `pipelines.tokenize`, whose writer it reuses): ``cache/gf_
 record id; ``sources.json`` with ``"format": "chat"``, ``tokenizer.model``, ``rejects/``,
 ``stats.json`` (``in == kept + dropped``, also Beam counters in namespace ``chat_data``) and
 ``_SUCCESS``. The source ``S`` is the input file's name up to its first dot, or ``--source``.
+
+Two layouts, the same bytes in every output file. The default (``--shard_layout=by_size``) dedupes
+and groups examples by shard with Beam shuffles, which Beam's local runner holds in memory, so a
+local run's peak grows with the input. ``--shard_layout=per_input`` (pipelines/chat_data_shardwise.py)
+runs the same DoFns and the same duplicate decision (``dedupe.exact_decision``) but shuffles
+through spill files (pipelines/spill.py): one DoFn call per input file, then per bucket of exact
+hashes, per bucket of ids (``--num_buckets``, default one per MiB of input), and per output
+shard, so a call holds one input file's records or one bucket's, never the input.
 """
 
 from __future__ import annotations
@@ -239,13 +248,18 @@ def _with_kind(entry):
 def chat_data(input_pattern: str, tokenizer: str, output_dir: str, max_length: int = 256,
               validation_fraction: float = 0.1, num_shards: int = 0, source: str | None = None,
               toxicity_threshold: float = toxicity.ToxicityConfig().threshold,
-              options: PipelineOptions | None = None) -> dict[str, Any]:
+              options: PipelineOptions | None = None, shard_layout: str = common.BY_SIZE,
+              num_buckets: int = 0) -> dict[str, Any]:
   """Runs the job; returns its stats.json record. ``num_shards=0`` sizes the train shards from the
-  input (``tokenize.train_shard_count``, as the tokenize job does)."""
+  input (``tokenize.train_shard_count``, as the tokenize job does). ``shard_layout``: how records
+  reach their duplicate group and shard, not what is written (module docstring); ``num_buckets``:
+  the per-input layout's bucket count (0: from the input's size)."""
   if max_length < 8:
     raise common.StageError(f"--max_length must be at least 8 tokens, got {max_length}")
   if not 0.0 <= validation_fraction < 1.0:
     raise common.StageError(f"--validation_fraction must be in [0, 1), got {validation_fraction}")
+  if shard_layout not in common.SHARD_LAYOUTS:
+    raise common.StageError(f"--shard_layout must be one of {common.SHARD_LAYOUTS}, got {shard_layout!r}.")
   files = sorted(m.path for m in FileSystems.match([input_pattern])[0].metadata_list)
   if not files:
     raise common.StageError(f"No input files match {input_pattern}")
@@ -259,49 +273,74 @@ def chat_data(input_pattern: str, tokenizer: str, output_dir: str, max_length: i
   if not num_shards:
     num_shards = tokenize.train_shard_count(files, common.DEFAULT_TARGET_SHARD_BYTES, shard_multiple=1)
   shards = {"train": num_shards, "validation": 1}
+  prepare = PrepareConversation(model_proto, max_length, toxicity_threshold, pii.PiiConfig(), source)
+  to_shard = ToShard(validation_fraction, shards)
+  logging.info("%s: %s -> %s (%s layout)", STAGE, input_pattern, output_dir, shard_layout)
   with common.atomic_output_dir(output_dir) as tmp_dir:
     cache_dir = FileSystems.join(tmp_dir, tokenize.CACHE_DIR)
+    rejects_dir = FileSystems.join(tmp_dir, common.REJECTS_DIR)
     FileSystems.mkdirs(cache_dir)
     with FileSystems.create(FileSystems.join(tmp_dir, tokenize.TOKENIZER_FILE)) as f:
       f.write(model_proto)
+    plan = None
+    if shard_layout == common.PER_INPUT:
+      from pipelines import chat_data_shardwise  # pylint: disable=import-outside-toplevel  # It imports this module.
+      plan = chat_data_shardwise.Plan(tuple(files), chat_data_shardwise.num_buckets(files, num_buckets),
+                                      shards, FileSystems.join(tmp_dir, chat_data_shardwise.SPILL_DIR))
     with beam.Pipeline(options=options or PipelineOptions()) as p:
-      lines = (p | "Files" >> beam.Create(files)
-               | "Read" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder(), with_filename=True)
-               | "Progress" >> beam.ParDo(common.CountProgress(STAGE)))
-      prepared = lines | "Prepare" >> beam.ParDo(PrepareConversation(
-          model_proto, max_length, toxicity_threshold, pii.PiiConfig(), source)).with_outputs(
-              common.REJECTS_TAG, main="kept")
-      deduped = (dedupe.mark_exact_duplicates(prepared.kept)
-                 | "Duplicates" >> beam.FlatMap(_route_duplicates).with_outputs(common.REJECTS_TAG, main="kept"))
-      rejects = (prepared[common.REJECTS_TAG], deduped[common.REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
-      _ = rejects | "WriteRejects" >> common.WriteSortedShards(
-          FileSystems.join(tmp_dir, common.REJECTS_DIR), common.REJECTS_TAG, 1)
-      written = (deduped.kept
-                 | "ToShard" >> beam.ParDo(ToShard(validation_fraction, shards))
-                 | "GroupByShard" >> beam.GroupByKey()
-                 | "WriteShard" >> beam.ParDo(tokenize.WriteShard(cache_dir, shards)))
-      entries = []
-      for kind, prefix in KIND_PREFIX.items():
-        entries.append(written
-                       | f"Only_{kind}" >> beam.Filter(lambda e, p=prefix: e[0].startswith(tokenize.task_name(p)))
-                       | f"GroupByTask_{kind}" >> beam.GroupByKey()
-                       | f"FinishTask_{kind}" >> beam.ParDo(tokenize.FinishTask(
-                           cache_dir, shards, {}, "chat", features_info=FEATURES_INFO[kind])))
-      _ = (entries | "AllEntries" >> beam.Flatten() | "Kinds" >> beam.Map(_with_kind)
-           | "ToList" >> beam.combiners.ToList()
-           | "WriteSources" >> beam.Map(_write_sources, tmp_dir, model_proto, validation_fraction, shards,
-                                        max_length))
-      counts = [
-          lines | "CountIn" >> beam.combiners.Count.Globally() | "TagIn" >> beam.Map(lambda n: ("in", n)),
-          deduped.kept | "CountKept" >> beam.combiners.Count.Globally() | "TagKept" >> beam.Map(lambda n: ("kept", n)),
-          deduped.kept | "KeptKind" >> beam.Map(lambda d: ("kept_" + d["kind"], 1)) | "SumKind" >> beam.CombinePerKey(sum),
-          rejects | "Reason" >> beam.Map(lambda r: ("dropped." + r["reason"], 1)) | "CountReasons" >> beam.CombinePerKey(sum),
-      ]
-      _ = (counts | "FlattenCounts" >> beam.Flatten() | "AllCounts" >> beam.combiners.ToList()
-           | "WriteStats" >> beam.Map(_write_stats, tmp_dir))
+      if plan is None:
+        written, counts = _prepare_and_write(p, files, prepare, to_shard, cache_dir, rejects_dir, shards)
+      else:
+        written, counts = chat_data_shardwise.build(p, plan, prepare, to_shard, cache_dir, rejects_dir)
+      _finish(written, counts, tmp_dir, model_proto, validation_fraction, shards, max_length)
+    if plan is not None:
+      chat_data_shardwise.delete_spills(plan)  # Only once the job succeeded: a failed one's tmp_dir goes whole.
   stats = common.read_stats(output_dir)
   logging.info("%s: %s", STAGE, json.dumps(stats, sort_keys=True))
   return stats
+
+
+def _prepare_and_write(p, files, prepare, to_shard, cache_dir, rejects_dir, shards):
+  """The default layout: exact dedupe and shards through Beam shuffles. Returns
+  ``tokenize.WriteShard``'s ``(task, shard counts)`` and the ``(name, n)`` count PCollections
+  (``in``, ``kept``, ``kept_<kind>``, ``dropped.<reason>``); writes the rejects."""
+  lines = (p | "Files" >> beam.Create(files)
+           | "Read" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder(), with_filename=True)
+           | "Progress" >> beam.ParDo(common.CountProgress(STAGE)))
+  prepared = lines | "Prepare" >> beam.ParDo(prepare).with_outputs(common.REJECTS_TAG, main="kept")
+  deduped = (dedupe.mark_exact_duplicates(prepared.kept)
+             | "Duplicates" >> beam.FlatMap(_route_duplicates).with_outputs(common.REJECTS_TAG, main="kept"))
+  rejects = (prepared[common.REJECTS_TAG], deduped[common.REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
+  _ = rejects | "WriteRejects" >> common.WriteSortedShards(rejects_dir, common.REJECTS_TAG, 1)
+  written = (deduped.kept
+             | "ToShard" >> beam.ParDo(to_shard)
+             | "GroupByShard" >> beam.GroupByKey()
+             | "WriteShard" >> beam.ParDo(tokenize.WriteShard(cache_dir, shards)))
+  counts = [
+      lines | "CountIn" >> beam.combiners.Count.Globally() | "TagIn" >> beam.Map(lambda n: ("in", n)),
+      deduped.kept | "CountKept" >> beam.combiners.Count.Globally() | "TagKept" >> beam.Map(lambda n: ("kept", n)),
+      deduped.kept | "KeptKind" >> beam.Map(lambda d: ("kept_" + d["kind"], 1)) | "SumKind" >> beam.CombinePerKey(sum),
+      rejects | "Reason" >> beam.Map(lambda r: ("dropped." + r["reason"], 1)) | "CountReasons" >> beam.CombinePerKey(sum),
+  ]
+  return written, counts
+
+
+def _finish(written, counts, tmp_dir, model_proto, validation_fraction, shards, max_length):
+  """Both layouts' tail: each task's cache directory completed, sources.json and stats.json."""
+  cache_dir = FileSystems.join(tmp_dir, tokenize.CACHE_DIR)
+  entries = []
+  for kind, prefix in KIND_PREFIX.items():
+    entries.append(written
+                   | f"Only_{kind}" >> beam.Filter(lambda e, p=prefix: e[0].startswith(tokenize.task_name(p)))
+                   | f"GroupByTask_{kind}" >> beam.GroupByKey()
+                   | f"FinishTask_{kind}" >> beam.ParDo(tokenize.FinishTask(
+                       cache_dir, shards, {}, "chat", features_info=FEATURES_INFO[kind])))
+  _ = (entries | "AllEntries" >> beam.Flatten() | "Kinds" >> beam.Map(_with_kind)
+       | "ToList" >> beam.combiners.ToList()
+       | "WriteSources" >> beam.Map(_write_sources, tmp_dir, model_proto, validation_fraction, shards,
+                                    max_length))
+  _ = (counts | "FlattenCounts" >> beam.Flatten() | "AllCounts" >> beam.combiners.ToList()
+       | "WriteStats" >> beam.Map(_write_stats, tmp_dir))
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, PipelineOptions]:
@@ -312,14 +351,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Pipeline
     parser.add_argument("--validation_fraction", type=float, default=0.1)
     parser.add_argument("--source", default=None, help="Source name of every record (default: file name).")
     parser.add_argument("--toxicity_threshold", type=float, default=toxicity.ToxicityConfig().threshold)
-  return common.parse_stage_args(__doc__.split("\n")[0], argv, add_args)
+    parser.add_argument("--num_buckets", type=int, default=0, help=f"--shard_layout={common.PER_INPUT} "
+                        "only: buckets the duplicate groups are spread over, one DoFn call each "
+                        "(default 0: one per MiB of input).")
+  return common.parse_stage_args(__doc__.split("\n")[0], argv, add_args, per_input=True)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args, options = parse_args(argv)
   return chat_data(args.input, args.tokenizer, args.output_dir, max_length=args.max_length,
                    validation_fraction=args.validation_fraction, num_shards=args.num_shards,
-                   source=args.source, toxicity_threshold=args.toxicity_threshold, options=options)
+                   source=args.source, toxicity_threshold=args.toxicity_threshold, options=options,
+                   shard_layout=args.shard_layout, num_buckets=args.num_buckets)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,20 @@ where politeness is enforced; different hosts are fetched in parallel on differe
 ``state`` input carries robots.txt and the time of the last request, so robots.txt is fetched once
 per origin and the delay holds across rounds.
 
+Two layouts of the captures (``--shard_layout``), the same files byte for byte:
+
+* ``by_size`` (default): a capture is ``(shard, (url, WARC bytes))``, grouped by shard in a Beam
+  shuffle, which Beam's local runner holds whole in memory: every page of the crawl at once.
+* ``per_input``: each ``FetchHost`` call (one origin, one round) writes its captures to one spill
+  file (pipelines/spill.py; partition = shard, key = URL, value = WARC bytes) and emits only
+  ``(shard, spill path)``; the shard's writer streams ``spill.merge_partition`` over those files.
+  A worker holds one origin's captures of one round (at most ``--max_pages`` pages) or one record
+  per spill file, never the crawl. The order is the same: ``sorted`` over ``(url, bytes)`` tuples
+  and the merge over ``(UTF-8 url, bytes)`` agree, UTF-8 byte order being code point order.
+  The shard's GroupByKey fires only once every FetchHost bundle has committed, after its spill
+  file was written (as in pipelines/tokenize_shardwise.py). Spill files live under the job's
+  temporary output directory and go when the job succeeds.
+
 Accounting: ``in`` counts every distinct URL that entered the frontier (seeds and in-scope links);
 each gets exactly one outcome, ``kept`` (a 200 with an accepted content type, written to the WARC)
 or ``dropped.<reason>``. Safety rules are in :mod:`pipelines.crawl_safety` and
@@ -48,13 +62,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from pipelines import common, text_utils
+from pipelines import common, spill, text_utils
 from pipelines.crawl_fetch import Exchange, FetchConfig, Fetcher, HostState
 from pipelines.crawl_safety import Refused, join_url, media_type, normalize_url, origin_of
 
 STAGE = "crawl"
 FETCH_LOG_PREFIX = "fetches"
 KEPT = "kept"
+SPILL_DIR = "_spill"  # Under the job's temporary output directory (per_input layout only).
 
 # Output tags of FetchHost.
 OUTCOMES, CAPTURES, LINKS, STATES = "outcomes", "captures", "links", "states"
@@ -77,6 +92,7 @@ class CrawlConfig:
   same_host_only: bool = False
   num_shards: int = 1
   warc_prefix: str = "web"
+  shard_layout: str = common.BY_SIZE  # How captures reach their WARC shard (module docstring).
 
 
 # ----------------------------------------------------------------------------- accounting
@@ -243,38 +259,72 @@ def warc_path(directory: str, prefix: str, shard: int, num_shards: int) -> str:
   return FileSystems.join(directory, f"{prefix}.{shard:05d}-of-{num_shards:05d}.warc.gz")
 
 
+def write_warc(path: str, config: CrawlConfig, records: Iterable[bytes]) -> str:
+  """Writes one WARC file: a ``warcinfo`` record, then ``records`` (each capture's gzipped
+  request + response records) in the order given, streamed. The one writer of both layouts."""
+  filename = path.rsplit("/", 1)[-1]
+  out = io.BytesIO()
+  writer = WARCWriter(out, gzip=True)
+  info = writer.create_warcinfo_record(
+      filename,
+      {
+          "software": "gemma-forge pipelines.crawl",
+          "format": "WARC File Format 1.0",
+          "robots": "obey",
+          "http-header-user-agent": config.fetch.user_agent,
+          "isPartOf": config.warc_prefix,
+      },
+  )
+  date = info.rec_headers.get_header("WARC-Date")
+  info.rec_headers.replace_header("WARC-Record-ID", _record_id("warcinfo", filename, date))
+  writer.write_record(info)
+  # UNCOMPRESSED: the records are gzipped one by one already; AUTO would gzip the file again.
+  with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    f.write(out.getvalue())
+    for record in records:
+      f.write(record)
+  return path
+
+
 class WriteWarcShard(beam.DoFn):
-  """Writes one WARC file: a ``warcinfo`` record, then the shard's captures sorted by URL."""
+  """``(shard, items)`` -> the shard's WARC file, captures sorted by (URL, bytes).
+
+  ``by_size``: the items are ``(url, bytes)`` captures, sorted here. ``per_input``: they are the
+  paths of the spill files holding the shard's captures, merged in the same order; every one is
+  checked against its index first, so a missing or truncated spill file is a ``spill.SpillError``
+  that fails the job, not a short WARC file. A ``None`` item (every shard gets one) makes empty
+  shards be written too.
+  """
 
   def __init__(self, directory: str, config: CrawlConfig):
     self._directory = directory
     self._config = config
 
   def process(self, element):
-    shard, captures = element
+    shard, items = element
+    items = [item for item in items if item is not None]
     path = warc_path(self._directory, self._config.warc_prefix, shard, self._config.num_shards)
-    filename = path.rsplit("/", 1)[-1]
-    out = io.BytesIO()
-    writer = WARCWriter(out, gzip=True)
-    info = writer.create_warcinfo_record(
-        filename,
-        {
-            "software": "gemma-forge pipelines.crawl",
-            "format": "WARC File Format 1.0",
-            "robots": "obey",
-            "http-header-user-agent": self._config.fetch.user_agent,
-            "isPartOf": self._config.warc_prefix,
-        },
-    )
-    date = info.rec_headers.get_header("WARC-Date")
-    info.rec_headers.replace_header("WARC-Record-ID", _record_id("warcinfo", filename, date))
-    writer.write_record(info)
-    # UNCOMPRESSED: the records are gzipped one by one already; AUTO would gzip the file again.
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-      f.write(out.getvalue())
-      for _, records in sorted(c for c in captures if c is not None):
-        f.write(records)
-    yield path
+    if self._config.shard_layout == common.PER_INPUT:
+      captures = spill.merge_partition(sorted(set(items)), shard)
+    else:
+      captures = iter(sorted(items))
+    yield write_warc(path, self._config, (records for _, records in captures))
+
+
+def spill_path(spill_dir: str, depth: int, origin: str) -> str:
+  """The spill file of one ``FetchHost`` call: one per (round, origin), the same on a retry."""
+  return FileSystems.join(spill_dir, f"depth{depth:03d}-{common.stable_hash(origin):016x}")
+
+
+def delete_spills(directory: str) -> None:
+  """Removes ``<directory>/_spill`` and its files once the job succeeded (a failed job's
+  temporary directory goes whole). Matched, not listed: only the workers knew the names."""
+  spill_dir = FileSystems.join(directory, SPILL_DIR)
+  files = [m.path for m in FileSystems.match([FileSystems.join(spill_dir, "*")])[0].metadata_list]
+  if files:
+    FileSystems.delete(files)
+  if FileSystems.exists(spill_dir):
+    FileSystems.delete([spill_dir])
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -283,14 +333,19 @@ class WriteWarcShard(beam.DoFn):
 class FetchHost(beam.DoFn):
   """Fetches the new URLs of one origin, in order, one request at a time.
 
-  Input: ``(origin, {"urls": [...], "seen": [(url, counted)], "state": [HostState]})``.
-  Outputs: outcomes (main), captures ``(shard, (url, warc bytes))``, links ``(origin, url)`` for
-  the next round, and the origin's ``HostState``.
+  Input: ``(origin, {"urls": [...], "seen": [(url, counted)], "state": [HostState]})``; ``seen``
+  and ``urls`` hold one origin's URLs, at most ``--max_pages`` attempted ones.
+  Outputs: outcomes (main), captures, links ``(origin, url)`` for the next round, and the
+  origin's ``HostState``. Captures are ``(shard, (url, warc bytes))``, or with ``spill_dir``
+  (the per_input layout) ``(shard, spill path)``: the call's captures are held until it ends
+  (one origin's pages of one round, bounded by ``--max_pages``; ``spill.write`` takes them as one
+  list, since it sorts them) and written to one spill file, :func:`spill_path`.
   """
 
-  def __init__(self, config: CrawlConfig, depth: int):
+  def __init__(self, config: CrawlConfig, depth: int, spill_dir: str | None = None):
     self._config = config
     self._depth = depth
+    self._spill_dir = spill_dir
 
   def process(self, element):
     origin, groups = element
@@ -301,12 +356,24 @@ class FetchHost(beam.DoFn):
     states = sorted(groups["state"], key=lambda s: s.last_request_at)
     fetcher = Fetcher(self._config.fetch, {origin: states[-1]} if states else None)
     budget = self._config.max_pages - sum(seen.values())
+    rows: list[spill.Row] = []  # The per_input layout's captures: (shard, url, warc bytes).
     for url in new_urls:
       if budget <= 0:
         yield _outcome(url, "max_pages", self._depth, origin)
         continue
       budget -= 1
-      yield from self._fetch_one(fetcher, url, origin)
+      for output in self._fetch_one(fetcher, url, origin):
+        if self._spill_dir is not None and getattr(output, "tag", None) == CAPTURES:
+          shard, (final_url, records) = output.value
+          rows.append((shard, final_url.encode("utf-8"), records))
+        else:
+          yield output
+    if rows:
+      path = spill_path(self._spill_dir, self._depth, origin)
+      index = spill.write(path, rows)
+      del rows
+      for shard in sorted(index["partitions"], key=int):
+        yield beam.pvalue.TaggedOutput(CAPTURES, (int(shard), path))
     if origin in fetcher.robots:
       state = HostState(fetcher.robots[origin], fetcher.last_request_at.get(origin, 0.0))
       yield beam.pvalue.TaggedOutput(STATES, (origin, state))
@@ -348,8 +415,15 @@ def _seen_entry(outcome: dict[str, Any]) -> tuple[str, tuple[str, bool]]:
   return outcome["origin"], (outcome["url"], outcome["reason"] != "max_pages")
 
 
-def crawl(seeds: beam.PCollection, config: CrawlConfig):
-  """The crawl as a graph: seed URL strings -> (outcomes, captures) PCollections."""
+def crawl(seeds: beam.PCollection, config: CrawlConfig, spill_dir: str | None = None):
+  """The crawl as a graph: seed URL strings -> (outcomes, captures) PCollections.
+
+  ``spill_dir``: where the per_input layout's ``FetchHost`` calls write their spill files (it must
+  exist; :func:`run` makes ``<tmp output dir>/_spill``).
+  """
+  per_input = config.shard_layout == common.PER_INPUT
+  if per_input and spill_dir is None:
+    raise common.StageError(f"--shard_layout={common.PER_INPUT} needs a spill directory.")
   p = seeds.pipeline
   parsed = seeds | "ParseSeeds" >> beam.ParDo(ParseSeed()).with_outputs(OUTCOMES, main="urls")
   unique = (
@@ -367,7 +441,8 @@ def crawl(seeds: beam.PCollection, config: CrawlConfig):
         {"urls": frontier, "seen": seen, "state": states}
         | f"{step}/GroupByOrigin" >> beam.CoGroupByKey()
         | f"{step}/FetchHost"
-        >> beam.ParDo(FetchHost(config, depth)).with_outputs(CAPTURES, LINKS, STATES, main=OUTCOMES)
+        >> beam.ParDo(FetchHost(config, depth, spill_dir if per_input else None))
+        .with_outputs(CAPTURES, LINKS, STATES, main=OUTCOMES)
     )
     outcomes.append(fetched[OUTCOMES])
     captures.append(fetched[CAPTURES])
@@ -397,7 +472,12 @@ def _write_stats(directory: str, items: Iterable[tuple[str, int]]) -> dict[str, 
 
 
 def write_outputs(outcomes, captures, directory: str, config: CrawlConfig) -> None:
-  """WARC shards (empty ones too, so the file set depends only on num_shards), log and stats."""
+  """WARC shards (empty ones too, so the file set depends only on num_shards), log and stats.
+
+  Memory: ``GroupByShard`` holds every capture in the by_size layout and only spill paths in the
+  per_input one. The fetch log is one ``WriteSortedShards`` shard, so it holds one line per
+  attempted URL (a few hundred bytes each, not the pages) in both layouts; the counts are combined.
+  """
   p = outcomes.pipeline
   empty = p | "AllShards" >> beam.Create([(i, None) for i in range(config.num_shards)])
   _ = (
@@ -469,6 +549,12 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
       "--warc_prefix", default="web", help="WARC file name prefix (= extract's source name)."
   )
   parser.add_argument(
+      "--shard_layout", choices=common.SHARD_LAYOUTS, default=common.BY_SIZE,
+      help=f"{common.BY_SIZE}: captures shuffled to their WARC shard by Beam (held in memory by "
+      f"a local run). {common.PER_INPUT}: each origin's captures go through one spill file, so a "
+      "local run's memory does not grow with the crawl; the same files either way.",
+  )
+  parser.add_argument(
       "--allow_private_addresses", action="store_true",
       help="Allow loopback/private/link-local targets (intranet crawls only).",
   )
@@ -538,6 +624,7 @@ def config_from_args(args: argparse.Namespace, seeds: Sequence[str]) -> CrawlCon
       same_host_only=args.same_host_only,
       num_shards=args.num_shards,
       warc_prefix=args.warc_prefix,
+      shard_layout=args.shard_layout,
   )
 
 
@@ -548,12 +635,19 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
   config = config_from_args(args, seeds)
   logging.info("crawl: %d seeds -> %s", len(seeds), args.output_dir)
   with common.atomic_output_dir(args.output_dir) as tmp_dir:
+    spill_dir = FileSystems.join(tmp_dir, SPILL_DIR)
+    if config.shard_layout == common.PER_INPUT:
+      FileSystems.mkdirs(spill_dir)
     with beam.Pipeline(options=options) as p:
-      outcomes, captures = crawl(p | "Seeds" >> beam.Create(seeds), config)
+      outcomes, captures = crawl(p | "Seeds" >> beam.Create(seeds), config, spill_dir)
       write_outputs(outcomes, captures, tmp_dir, config)
+    delete_spills(tmp_dir)  # Only once the job succeeded: a failed one's tmp_dir goes whole.
   stats = common.read_stats(args.output_dir)
   logging.info("crawl: %s", json.dumps(stats, sort_keys=True))
   return stats
+
+
+main = run  # The entry point's name in every other stage (benchmarks/stage_memory.py calls it).
 
 
 if __name__ == "__main__":

@@ -113,3 +113,39 @@ def post_training_chain(tmp_path_factory, upto: str):
 def read_metrics(model_dir: str, split: str) -> list[dict]:
   with open(os.path.join(model_dir, "metrics.jsonl")) as f:
     return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+# ---- duplicates across input files, for the chat data job's two layouts (tests/test_chat_data.py) ----
+
+
+def _sft(doc_id: str, prompt: str, answer: str) -> str:
+  return json.dumps({"id": doc_id, "prompt": prompt, "completion": answer})
+
+
+def duplicate_files() -> dict[str, list[str]]:
+  """Two input files whose duplicates can only be decided across files: an exact copy whose
+  winner (the smaller id) is in the other file; an id with two texts in two files, one of them an
+  exact copy of a smaller id (so both copies go); an id with two texts and no copy (one is kept);
+  a preference pair copied under another id; an identical line in both files (its id is the line's
+  hash); a line that is not JSON."""
+  same_line = _sft("", "Name a metal for the layout test.", "Here is one: iron.")
+  pair = {"prompt": "Name a bird for the layout test.", "chosen": "Here is one: crow.",
+          "rejected": "Here is one: lime."}
+  return {
+      "dups_a.jsonl": [
+          _sft("zz-late", "Name a fruit for the layout test.", "Here is one: pear."),
+          _sft("twin", "Name a tool for the layout test.", "Here is one: hammer."),
+          _sft("split", "Name a colour for the layout test.", "Here is one: teal."),
+          json.dumps({"id": "pp-2", **pair}),
+          same_line,
+      ],
+      "dups_b.jsonl": [
+          _sft("aa-early", "Name a fruit for the layout test.", "Here is one: pear."),
+          _sft("twin", "Name a tool for the layout test.", "Here is one: saw."),
+          _sft("aa-colour", "Name a colour for the layout test.", "Here is one: teal."),
+          _sft("split", "Name a colour for the layout test.", "Here is one: navy."),
+          json.dumps({"id": "pp-1", **pair}),
+          same_line,
+          "not json",
+      ],
+  }

@@ -1,15 +1,22 @@
-"""pipelines.chat_data: validation with counted rejects, loss masks in the seqio cache, determinism."""
+"""pipelines.chat_data: validation with counted rejects, loss masks in the seqio cache, determinism,
+and the per-input layout (byte-identical to the default one, duplicates decided across files)."""
 
 import collections
 import json
 import os
 import shutil
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import seqio
 
+from beam_runners import RUNNERS
 from pipelines import chat_data
+from pipelines import chat_data_shardwise
+from pipelines import common
+from pipelines import pii
+from pipelines import spill
 from tasks import chat_tasks
 from tasks import chat_template as ct
 from tests import chat_fixtures
@@ -130,3 +137,109 @@ def test_rerun_is_byte_identical(chat_run, tmp_path):
   assert any("tfrecord" in str(f) for f in files)
   for f in files:
     assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+# ---- the per-input layout (pipelines/chat_data_shardwise.py): the same bytes as the default ----
+
+PER_INPUT = ["--shard_layout=per_input"]
+
+
+def _layout_argv(inputs, tok, out, *flags):
+  return [f"--input={inputs}/*.jsonl", f"--tokenizer={tok}", f"--output_dir={out}", "--max_length=64",
+          "--validation_fraction=0.2", "--num_shards=3", *flags]
+
+
+def _output_files(directory) -> dict[str, bytes]:
+  """Every file under ``directory``, by relative path."""
+  return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def layout_runs(chat_run, tmp_path_factory):
+  """Five input files (the chat_run inputs, cut, and chat_fixtures.duplicate_files) and the job's
+  output in each layout: ``(input dir, tokenizer, {layout: output dir})``."""
+  root, tok, _ = chat_run
+  base = tmp_path_factory.mktemp("chat_layouts")
+  inputs = base / "in"
+  inputs.mkdir()
+  for name in ("instructions.jsonl", "preferences.jsonl", "extra.jsonl"):
+    (inputs / name).write_text("\n".join((root / "in" / name).read_text().splitlines()[:40]) + "\n")
+  for name, lines in chat_fixtures.duplicate_files().items():
+    (inputs / name).write_text("\n".join(lines) + "\n")
+  outputs = {}
+  for layout in ("by_size", "per_input"):
+    outputs[layout] = base / layout
+    chat_data.main(_layout_argv(inputs, tok, outputs[layout], f"--shard_layout={layout}"))
+  return inputs, tok, outputs
+
+
+def test_per_input_output_is_byte_identical_to_the_default_layout(layout_runs):
+  inputs, _, outputs = layout_runs
+  default, per_input = _output_files(outputs["by_size"]), _output_files(outputs["per_input"])
+  assert sorted(per_input) == sorted(default)
+  assert [name for name in default if per_input[name] != default[name]] == []
+  for name in ("_SUCCESS", "sources.json", "stats.json", "rejects/rejects-00000-of-00001.jsonl",
+               "cache/gf_pref_dups_b/COMPLETED", "cache/gf_chat_dups_b/info.train.json",
+               "cache/gf_chat_instructions/train.tfrecord-00002-of-00003"):
+    assert name in per_input, name
+  assert not [name for name in per_input if "spill" in name]
+  assert not list(inputs.parent.glob("per_input.tmp-*"))  # The spill files went with it.
+
+
+def test_the_layouts_decide_duplicates_across_files(layout_runs):
+  """What the byte comparison covers: duplicates whose decision needs records of other files."""
+  _, _, outputs = layout_runs
+  stats = json.loads((outputs["per_input"] / "stats.json").read_text())
+  rejects = [json.loads(line) for line in
+             (outputs["per_input"] / "rejects" / "rejects-00000-of-00001.jsonl").read_text().splitlines()]
+  duplicates = collections.Counter((r["id"], r["details"]["duplicate_of"]) for r in rejects
+                                   if r["reason"] == "exact_duplicate")
+  same_line = chat_data.record_id({}, chat_fixtures.duplicate_files()["dups_a.jsonl"][-1].encode())
+  assert duplicates == {("zz-late", "aa-early"): 1, ("split", "aa-colour"): 2, ("twin", "twin"): 1,
+                        ("pp-2", "pp-1"): 1, (same_line, same_line): 1,
+                        (chat_data.record_id({}, (outputs["per_input"].parent / "in" / "instructions.jsonl")
+                                             .read_text().splitlines()[0].encode()),) * 2: 1}
+  assert stats["in"] == stats["kept"] + stats["dropped_total"]
+  assert stats["dropped"]["exact_duplicate"] == 7 and stats["dropped"]["bad_json"] == 2
+  assert stats["kept_sft"] + stats["kept_preference"] == stats["kept"]
+
+
+@pytest.mark.parametrize("runner", ["multi_processing", "buckets"])
+def test_per_input_output_is_byte_identical_under_other_runners(layout_runs, tmp_path, runner):
+  inputs, tok, outputs = layout_runs
+  flags = RUNNERS[runner] if runner in RUNNERS else ["--num_buckets=2"]
+  chat_data.main(_layout_argv(inputs, tok, tmp_path / "out", *PER_INPUT, *flags))
+  reference, mine = _output_files(outputs["by_size"]), _output_files(tmp_path / "out")
+  assert sorted(mine) == sorted(reference)
+  assert [name for name in reference if mine[name] != reference[name]] == []
+
+
+def test_a_truncated_spill_file_fails_clearly(layout_runs, tmp_path):
+  """Steps 1 and 2 by hand: a truncated step-1 spill file is a SpillError in the step that reads
+  it, not a silently smaller bucket."""
+  inputs, tok, _ = layout_runs
+  files = tuple(sorted(str(p) for p in inputs.glob("*.jsonl")))
+  shards = {"train": 3, "validation": 1}
+  plan = chat_data_shardwise.Plan(files, 2, shards, str(tmp_path / "spill"))
+  os.makedirs(plan.spill_dir)
+  model_proto = open(tok, "rb").read()
+  step1 = chat_data_shardwise.SpillInputFile(plan, chat_data.PrepareConversation(
+      model_proto, 64, 0.5, pii.PiiConfig(), None))
+  step1.setup()
+  held = [out for i in range(len(files)) for out in step1.process((i, []))
+          if not isinstance(out, beam.pvalue.TaggedOutput)]
+  bucket = min(p for p, _ in held if plan.step_of(p) == "exact")
+  paths = sorted(path for p, path in held if p == bucket)
+  assert len(paths) > 1
+  assert list(chat_data_shardwise.ExactEdges(plan).process((bucket, paths)))  # Intact: it runs.
+  with open(paths[0], "r+b") as f:
+    f.truncate(os.path.getsize(paths[0]) - 3)
+  with pytest.raises(spill.SpillError, match="truncated"):
+    list(chat_data_shardwise.ExactEdges(plan).process((bucket, paths)))
+
+
+def test_a_negative_bucket_count_is_refused(chat_run, tmp_path):
+  root, tok, _ = chat_run
+  with pytest.raises(common.StageError, match="num_buckets"):
+    chat_data.main(_layout_argv(root / "in", tok, tmp_path / "out", *PER_INPUT, "--num_buckets=-1"))
+  assert not (tmp_path / "out").exists()

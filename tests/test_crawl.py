@@ -1,12 +1,16 @@
 """Tests of the crawl job against tests/hostile_server.py, a misbehaving server on 127.0.0.1.
 
 Only loopback is ever contacted: private addresses are allowed with --allow_private_addresses for
-the crawls that must reach the test server, and every off-host link must stay unfetched.
+the crawls that must reach the test server, and every off-host link must stay unfetched. The
+per_input layout (spill files instead of a shuffle of the pages) must write the default layout's
+files byte for byte, under the multi-process runner too, and fail loudly on a damaged spill file.
 """
 
 import base64
+import glob
 import gzip
 import hashlib
+import http.server
 import ipaddress
 import json
 import os
@@ -20,12 +24,13 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from warcio.archiveiterator import ArchiveIterator
 
-from pipelines import common, crawl, crawl_safety
+from pipelines import common, crawl, crawl_safety, spill
 from pipelines.crawl_fetch import FetchConfig, Fetcher, HostState, RobotsRules, parse_retry_after
 from pipelines.crawl_safety import BodyDecoder, Refused
 
 sys.path.insert(0, os.path.dirname(__file__))
 import hostile_server  # noqa: E402
+from beam_runners import OTHER_RUNNERS  # noqa: E402
 from hostile_server import PAGES, HostileServer  # noqa: E402
 
 MIN_DELAY = 0.05
@@ -549,3 +554,168 @@ def test_seeds_that_normalise_to_one_url_are_counted_as_duplicates(tmp_path):
   duplicates = [r for r in log if r["reason"] == "duplicate_seed"]
   assert sorted(r["url"] for r in duplicates) == sorted(seeds[1:5])  # The first spelling goes on.
   assert all("http://10.0.0.1/" in r["detail"] for r in duplicates)
+
+
+# ----------------------------------------------------------------------------- shard layouts
+# --shard_layout=per_input sends the captures through spill files instead of a Beam shuffle; the
+# output must be the by_size layout's, byte for byte. Only time differs between two crawls of the
+# same servers (docs/crawl.md, Reruns), so these crawls run with every clock that reaches a file
+# pinned: captures' WARC-Date, the warcinfo record's date and the servers' Date header.
+
+PER_INPUT = ["--shard_layout=" + common.PER_INPUT]
+PINNED_DATE = "2026-01-02T03:04:05Z"
+PINNED_HTTP_DATE = "Fri, 02 Jan 2026 03:04:05 GMT"
+# Imported by every Python process started with its folder on PYTHONPATH: the multi_processing
+# runner's workers, where the test's in-process patches do not reach.
+_PIN_WORKER_CLOCKS = f"""\
+import sys
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+from warcio.recordbuilder import RecordBuilder
+from pipelines import crawl_fetch
+crawl_fetch._warc_date = lambda: {PINNED_DATE!r}
+RecordBuilder._make_warc_date = classmethod(lambda cls, use_micros=False: {PINNED_DATE!r})
+"""
+
+
+def _pin_clocks(mp, folder):
+  """Pins the dates in this process (the in-process runner and the servers) and, through a
+  ``sitecustomize`` on PYTHONPATH, in worker processes."""
+  from warcio.recordbuilder import RecordBuilder
+  from pipelines import crawl_fetch
+  mp.setattr(crawl_fetch, "_warc_date", lambda: PINNED_DATE)
+  mp.setattr(RecordBuilder, "_make_warc_date",
+             classmethod(lambda cls, use_micros=False: PINNED_DATE))
+  mp.setattr(http.server.BaseHTTPRequestHandler, "date_time_string",
+             lambda self, timestamp=None: PINNED_HTTP_DATE)
+  folder.mkdir()
+  (folder / "sitecustomize.py").write_text(_PIN_WORKER_CLOCKS)
+  paths = [str(folder), os.environ.get("PYTHONPATH", "")]
+  mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
+
+
+def _files(directory):
+  """{relative path: bytes} of every file under a directory."""
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, directory)] = open(path, "rb").read()
+  return out
+
+
+@pytest.fixture(scope="module")
+def layouts(servers, crawled, tmp_path_factory):
+  """The crawl of ``crawled`` with pinned clocks, in both layouts and under the other runners;
+  the paths ``spill.write`` wrote in this process (the per_input runs of the default runner and of
+  the portable runner, whose loopback workers run here)."""
+  tmp = tmp_path_factory.mktemp("layouts")
+  argv = [a for a in crawled["argv"] if not a.startswith("--output_dir")]
+  runs = {
+      "by_size": [],
+      "per_input": PER_INPUT,
+      "per_input_multi_processing": PER_INPUT + OTHER_RUNNERS["multi_processing"],
+      "by_size_portable": OTHER_RUNNERS["portable"],
+      "per_input_portable": PER_INPUT + OTHER_RUNNERS["portable"],
+  }
+  spilled = []
+  with pytest.MonkeyPatch.context() as mp:
+    _pin_clocks(mp, tmp / "pin")
+    real_write = spill.write
+    mp.setattr(spill, "write", lambda path, rows: spilled.append(path) or real_write(path, rows))
+    outputs = {}
+    for name, flags in runs.items():
+      for server in servers.values():
+        server.reset()  # /flaky and /throttled misbehave on the first request again.
+      outputs[name] = str(tmp / name)
+      crawl.run(argv + ["--output_dir=" + outputs[name], *flags])
+  return {"outputs": outputs, "spilled": spilled}
+
+
+def test_per_input_layout_writes_the_same_bytes(layouts):
+  outputs = {name: _files(path) for name, path in layouts["outputs"].items()}
+  reference = outputs["by_size"]
+  assert sorted(reference) == [
+      "_SUCCESS", "fetches-00000-of-00001.jsonl", "stats.json",
+      "web.00000-of-00002.warc.gz", "web.00001-of-00002.warc.gz"]
+  records, _ = _read_warcs(layouts["outputs"]["by_size"])
+  assert len(records) == 2 * 9  # The nine kept pages, as in the unpinned crawl.
+  for name, files in outputs.items():
+    assert sorted(files) == sorted(reference), name
+    for path, data in reference.items():
+      assert files[path] == data, (name, path)
+
+
+def test_per_input_spill_files_are_written_then_removed(layouts):
+  for run in ("per_input", "per_input_portable"):
+    tmp_dir = layouts["outputs"][run] + ".tmp-"
+    spilled = [p for p in layouts["spilled"] if p.startswith(tmp_dir)]
+    # One per (origin, round) with a kept page: hostile at depths 0, 1, 2, polite at depth 0.
+    assert len(spilled) == len(set(spilled)) == 4, run
+    assert all(f"/{crawl.SPILL_DIR}/" in p for p in spilled), run
+    assert not glob.glob(tmp_dir + "*"), run  # The spill files went with it.
+  assert len(layouts["spilled"]) == 8
+  for name, path in layouts["outputs"].items():
+    assert not os.path.exists(os.path.join(path, crawl.SPILL_DIR)), name
+
+
+def _spilled_capture(server, tmp_path, config):
+  """FetchHost run by hand on two pages of ``server``: its (shard, spill path) outputs."""
+  spill_dir = tmp_path / "spill"
+  spill_dir.mkdir()
+  element = (server.origin, {"urls": [server.origin + "/page2", server.origin + "/page1"],
+                             "seen": [], "state": []})
+  outputs = list(crawl.FetchHost(config, depth=0, spill_dir=str(spill_dir)).process(element))
+  return [o.value for o in outputs if getattr(o, "tag", None) == crawl.CAPTURES]
+
+
+def test_a_truncated_or_missing_spill_file_is_a_spill_error(tmp_path):
+  config = crawl.CrawlConfig(
+      fetch=FetchConfig(min_delay=0, allow_loopback=True), allowed_hosts=frozenset({"127.0.0.1"}),
+      max_depth=0, num_shards=1, shard_layout=common.PER_INPUT,
+  )
+  with HostileServer() as server:
+    [(shard, path)] = _spilled_capture(server, tmp_path, config)
+  assert path == crawl.spill_path(str(tmp_path / "spill"), 0, server.origin)
+  writer = crawl.WriteWarcShard(str(tmp_path / "out"), config)
+  [warc] = list(writer.process((shard, [None, path, path])))  # A path twice is one file.
+  records, _ = _read_warcs(tmp_path / "out")
+  assert sorted(uri for kind, uri in records if kind == "response") == [
+      server.origin + "/page1", server.origin + "/page2"]
+  os.remove(warc)
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) - 5)
+  with pytest.raises(spill.SpillError, match="truncated"):
+    list(writer.process((shard, [path, None])))
+  assert not os.path.exists(warc)  # Checked before the WARC file is opened: no short file.
+  os.remove(path)
+  os.remove(path + spill.INDEX_SUFFIX)
+  with pytest.raises(spill.SpillError, match="missing"):
+    list(writer.process((shard, [path, None])))
+
+
+def test_a_spill_file_lost_during_the_job_fails_it(tmp_path, monkeypatch):
+  """A spill file cut short between the fetch and the WARC writer fails the whole job: no output
+  directory, no temporary one left."""
+  real_write = spill.write
+
+  def write_then_truncate(path, rows):
+    index = real_write(path, rows)
+    with open(path, "r+b") as f:
+      f.truncate(index["bytes"] - 1)
+    return index
+
+  monkeypatch.setattr(spill, "write", write_then_truncate)
+  with HostileServer() as server:
+    seeds = _write_seeds(tmp_path / "seeds.txt", [server.origin + "/page1"])
+    with pytest.raises(Exception, match="truncated"):
+      crawl.run([f"--seeds={seeds}", f"--output_dir={tmp_path / 'out'}", "--allow_loopback",
+                 "--max_depth=0", "--min_delay=0", *PER_INPUT])
+  assert not os.path.exists(tmp_path / "out")
+  assert not glob.glob(str(tmp_path / "out") + ".tmp-*")
+
+
+def test_per_input_layout_needs_a_spill_directory():
+  config = crawl.CrawlConfig(fetch=FetchConfig(), allowed_hosts=frozenset(),
+                             shard_layout=common.PER_INPUT)
+  with pytest.raises(common.StageError, match="spill directory"):
+    crawl.crawl(beam.Pipeline() | beam.Create([]), config)

@@ -60,8 +60,9 @@ def test_cached_incremental_logits_equal_full_pass(config):
   positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
   apply = jax.jit(Transformer(config).apply, static_argnames="decode")
   cache = init_cache(config, batch_size=2, cache_len=12)
-  if config.num_kv_heads == 1:
-    assert cache["layers"]["layer_0"]["k"].shape == (2, 12, 1, config.head_dim)
+  layer = cache["layers"]["layer_0"]
+  assert layer["k"].shape == (2, config.num_kv_heads, 12, config.head_dim)  # modules.CACHE_AXES
+  assert layer["v"].shape == (2, config.num_kv_heads, config.head_dim, 12)
   prefill = 5
   logits, cache = apply({"params": params}, tokens[:, :prefill], positions[:, :prefill],
                               segment_ids[:, :prefill], cache=cache, decode=True)
@@ -255,4 +256,28 @@ def test_a_decoding_step_reads_the_weights_as_stored():
   step = jax.jit(lambda p, c, t: decoding._step(Transformer(config), p, t, jnp.zeros_like(t), jnp.ones_like(t), c))
   tokens = jnp.ones((2, 1), jnp.int32)
   copies = _weight_copies(step.lower(params, cache, tokens).compile().as_text(), weights)
+  assert not copies, "\n".join(copies)
+
+
+@pytest.mark.parametrize("config", [F32, MQA], ids=["gqa", "mqa"])
+def test_the_decoding_loop_updates_the_kv_cache_in_place(config):
+  """The compiled generate loop holds no copy of a layer's key or value cache: each cache is read
+  as stored and written in place (XLA:CPU had copied the keys about four times and the values once,
+  transposed, at every step: a tenth of the step, docs/model_benchmarks.md)."""
+  import re
+  params = DecoderOnlyModel(config).init_params(jax.random.PRNGKey(0))
+  prompts = jnp.ones((2, 7), jnp.int32)
+  slots = prompts.shape[1] + 5  # No other array of the model has this size.
+  hlo = decoding._generate.lower(config, params, prompts, jax.random.PRNGKey(0), max_decode_len=5,
+                                 sampler=decoding.Sampler(), stop_tokens=()).compile().as_text()
+  cache_size = 2 * slots * config.num_kv_heads * config.head_dim
+  copies = []
+  body = re.search(r" while\(.*body=%([^,\s]+)", hlo).group(1)  # The loop; the prefill may copy once.
+  body_text = re.search(r"\n%" + re.escape(body) + r" .*?\n}", hlo, re.S).group(0)
+  for line in body_text.splitlines():
+    m = re.search(r"= f32\[([0-9,]*)\]\{[0-9,]*\} (\S+)\(", line.split(", metadata")[0])
+    if m and ("copy" in m.group(2) or "transpose" in m.group(2) or "copy" in line.split(" = ")[0]):
+      shape = [int(d) for d in m.group(1).split(",") if d]
+      if slots in shape and int(np.prod(shape)) == cache_size:
+        copies.append(line.strip()[:160])
   assert not copies, "\n".join(copies)

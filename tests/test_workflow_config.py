@@ -226,7 +226,8 @@ def test_shard_layouts_are_the_pipelines_and_reach_the_stage_command(tmp_path):
   flags = stages_lib.option_flags({"shard_layout": "per_input"}, stages_lib.BY_NAME["tokenize"].options)
   assert flags == ["--shard_layout=per_input"]
   layered = {name for name, s in stages_lib.BY_NAME.items() if "shard_layout" in s.options}
-  assert {"extract", "quality", "pii", "toxicity", "dedupe", "decontaminate", "tokenize"} <= layered
+  assert {"crawl", "extract", "quality", "pii", "toxicity", "dedupe", "decontaminate", "tokenize",
+          "chat_data"} <= layered
 
 
 def test_every_declared_option_is_a_flag_of_its_stage():

@@ -255,7 +255,7 @@ _TABLE = (
         "seeds": "path", "max_depth": "int", "max_pages": "int", "allowed_hosts": "list",
         "same_host_only": "flag", "allow_private_addresses": "flag", "user_agent": "str",
         "num_shards": "int", "warc_prefix": "str", "min_delay": "float",
-        "total_timeout": "float"}, _crawl, "beam",
+        "total_timeout": "float", "shard_layout": "layout"}, _crawl, "beam",
           "Polite crawl of the seed URLs to WARC (runs only when the config has a crawl stage)."),
     Stage("extract", "pipelines.extract", DOCS, "extract", {"warc": WARC}, {
         **_SHARDS, **_LAYOUT, "languages": "list", "min_lang_score": "float", "extract_timeout_s": "float",
@@ -304,7 +304,7 @@ _TABLE = (
           uses_model=True, code_data=("gin/runs/infer.gin",)),
     Stage("chat_data", "pipelines.chat_data", CHAT_DATA, "chat_data", {"tokenizer": TOKENIZER}, {
         **_SHARDS, "max_length": "int", "validation_fraction": "float",
-        "toxicity_threshold": "float"}, _chat_data, "beam",
+        "toxicity_threshold": "float", "shard_layout": "layout", "num_buckets": "int"}, _chat_data, "beam",
           "data/chat's SFT conversations and preference pairs -> chat and pair caches (one job).",
           code_data=("data/chat",)),
     Stage("sft", "model.train", CHAT_MODEL, "sft", {"model": MODEL, "data": CHAT_DATA}, {

@@ -58,8 +58,8 @@ from pipelines import shardwise
 from pipelines import spill
 from pipelines import tokenize_shardwise
 # The order-preserving encodings of dedupe's groups (one source of truth for both jobs).
-from pipelines.dedupe_shardwise import _COPY, _EDGE, _edge, _groups, _id_key, _member, _read_edge
-from pipelines.dedupe_shardwise import _read_member
+from pipelines import dedupe_shardwise
+from pipelines.dedupe_shardwise import _COPY, _id_key, _member
 
 SPILL_DIR = "_chat_spill"  # Under the job's temporary output directory; removed on success.
 COUNTS_TAG = "counts"
@@ -140,7 +140,8 @@ class _SpillStep(beam.DoFn):
       yield beam.pvalue.TaggedOutput(COUNTS_TAG, (name, n))
 
   def rows(self, index: int, paths: list[str], counts: collections.Counter) -> list[spill.Row]:
-    raise NotImplementedError
+    """The step's spill rows from its element (every step class defines it)."""
+    raise NotImplementedError(f"{type(self).__name__} defines no rows()")
 
 
 class SpillInputFile(_SpillStep):
@@ -186,16 +187,9 @@ class ExactEdges(_SpillStep):
   step = "exact"
 
   def rows(self, index, paths, counts):
-    rows = []
-    for _, values in _groups(spill.merge_partition(paths, index)):
-      winner = _read_member(next(values))
-      for value in values:
-        member = _read_member(value)
-        edge = dedupe.link(member, winner, dedupe.exact_similarity)
-        if edge is not None:
-          id_key = _id_key(member[1])
-          rows.append((self._plan.id_partition(id_key), id_key, _edge(edge)))
-    return rows
+    merged = spill.merge_partition(paths, index)
+    edges = dedupe_shardwise.smallest_loser_edges(merged, dedupe.exact_similarity)
+    return [(self._plan.id_partition(id_key), id_key, edge) for id_key, edge in edges.items()]
 
 
 class IdDecisions(_SpillStep):
@@ -210,23 +204,17 @@ class IdDecisions(_SpillStep):
 
   def rows(self, index, paths, counts):
     plan, rows = self._plan, []
-    for id_key, values in _groups(spill.merge_partition(paths, index)):
-      doc_id = id_key.decode("utf-8", "surrogatepass")
-      smallest_edge, position = None, 0
-      for value in values:
-        if value[:1] == _EDGE:  # Edges sort before copies, the smallest first.
-          smallest_edge = smallest_edge or _read_edge(value)
+    merged = spill.merge_partition(paths, index)
+    for doc_id, _, smallest_edge, position, value in dedupe_shardwise.id_copies(merged):
+      doc = json.loads(value[1:].decode("utf-8", "surrogatepass"))
+      mark = dedupe.exact_decision(doc_id, position, smallest_edge)
+      for output in chat_data._route_duplicates((doc, mark)):  # pylint: disable=protected-access
+        if isinstance(output, beam.pvalue.TaggedOutput):
+          rows.append(_reject_row(output, plan, counts))
           continue
-        doc = json.loads(value[1:].decode("utf-8", "surrogatepass"))
-        mark = dedupe.exact_decision(doc_id, position, smallest_edge)
-        position += 1
-        for output in chat_data._route_duplicates((doc, mark)):  # pylint: disable=protected-access
-          if isinstance(output, beam.pvalue.TaggedOutput):
-            rows.append(_reject_row(output, plan, counts))
-            continue
-          counts["kept"] += 1
-          counts["kept_" + output["kind"]] += 1
-          rows.extend(self._example_rows(output))
+        counts["kept"] += 1
+        counts["kept_" + output["kind"]] += 1
+        rows.extend(self._example_rows(output))
     return rows
 
   def _example_rows(self, doc) -> Iterator[spill.Row]:

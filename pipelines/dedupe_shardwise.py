@@ -178,16 +178,17 @@ def _spill_docs(plan: Plan, index: int) -> list[spill.Row]:
   return rows
 
 
-def _winner_edges(plan: Plan, index: int, inputs: Sequence[str], similarity) -> list[spill.Row]:
-  """Steps 2 and 5: per group, the first value is the winner (the smallest ``(url, id,
-  payload)``, as the default layout's ``CombinePerKey(min)``); each loser's edge goes to its id's
-  bucket. A group is streamed: a hot key costs one value at a time.
+def smallest_loser_edges(merged: Iterator[tuple[bytes, bytes]], similarity) -> dict[bytes, bytes]:
+  """Per group of a merged members partition, the first value is the winner (the smallest ``(url,
+  id, payload)``, as the default layout's ``CombinePerKey(min)``); returns each loser's smallest
+  edge, ``{id key: encoded edge}``. A group is streamed: a hot key costs one value at a time.
 
-  Only each loser's smallest edge of this bucket is written: the decisions use an id's smallest
-  edge only (``sorted(edges)[0]``, ``SmallestWinner``), so this is the default layout's combiner
-  lifting, and a call holds one edge per loser, not one per (loser, band)."""
+  Only each loser's smallest edge is kept: the decisions use an id's smallest edge only
+  (``sorted(edges)[0]``, ``SmallestWinner``), so this is the default layout's combiner lifting,
+  and a call holds one edge per loser, not one per (loser, band). The chat data job's exact step
+  (pipelines/chat_data_shardwise.py) calls it too."""
   smallest: dict[bytes, bytes] = {}
-  for _, values in _groups(spill.merge_partition(inputs, plan.num_files + index)):
+  for _, values in _groups(merged):
     winner = _read_member(next(values))
     for value in values:
       member = _read_member(value)
@@ -196,7 +197,28 @@ def _winner_edges(plan: Plan, index: int, inputs: Sequence[str], similarity) -> 
         id_key, encoded = _id_key(member[1]), _edge(edge)
         if encoded < smallest.get(id_key, b"\xff"):  # Edges start with _EDGE, b"\x00".
           smallest[id_key] = encoded
-  return [(plan.id_partition(id_key), id_key, edge) for id_key, edge in smallest.items()]
+  return smallest
+
+
+def id_copies(merged: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[str, bytes, dict | None, int, bytes]]:
+  """Per id of a merged id partition (its edges sort first, the smallest first, then its copies
+  in ``dumps`` order): ``(id, id key, smallest edge or None, copy position, copy value)`` for each
+  copy, what ``dedupe.exact_decision`` takes. Shared with the chat data job's id step."""
+  for id_key, values in _groups(merged):
+    doc_id = id_key.decode("utf-8", "surrogatepass")
+    smallest_edge, position = None, 0
+    for value in values:
+      if value[:1] == _EDGE:
+        smallest_edge = smallest_edge or _read_edge(value)
+        continue
+      yield doc_id, id_key, smallest_edge, position, value
+      position += 1
+
+
+def _winner_edges(plan: Plan, index: int, inputs: Sequence[str], similarity) -> list[spill.Row]:
+  """Steps 2 and 5: each loser's smallest edge of this bucket, to its id's bucket."""
+  edges = smallest_loser_edges(spill.merge_partition(inputs, plan.num_files + index), similarity)
+  return [(plan.id_partition(id_key), id_key, edge) for id_key, edge in edges.items()]
 
 
 def _exact_edges(plan: Plan, index: int, docs: Sequence[str]) -> list[spill.Row]:
@@ -209,21 +231,15 @@ def _id_decisions(plan: Plan, index: int, docs: Sequence[str],
   order -> each copy's exact decision; the survivors are near candidates."""
   config, rows = plan.config, []
   bucket = plan.num_files + plan.num_buckets + index
-  for id_key, values in _groups(spill.merge_partition(list(docs) + list(exact), bucket)):
-    doc_id = id_key.decode("utf-8", "surrogatepass")
-    smallest_edge, position = None, 0
-    for value in values:
-      if value[:1] == _EDGE:
-        smallest_edge = smallest_edge or _read_edge(value)
-        continue
-      address = value[-_ADDRESS.size:]
-      mark = dedupe.exact_decision(doc_id, position, smallest_edge) if config.exact else None
-      position += 1
-      if mark is not None:
-        rows.append((plan.file_partition(address), address, _DECISION + _mark(mark)))
-      elif config.near:
-        rows.append((plan.file_partition(address), address, _CANDIDATE))
-        rows.append((bucket, id_key, _COPY + address))
+  merged = spill.merge_partition(list(docs) + list(exact), bucket)
+  for doc_id, id_key, smallest_edge, position, value in id_copies(merged):
+    address = value[-_ADDRESS.size:]
+    mark = dedupe.exact_decision(doc_id, position, smallest_edge) if config.exact else None
+    if mark is not None:
+      rows.append((plan.file_partition(address), address, _DECISION + _mark(mark)))
+    elif config.near:
+      rows.append((plan.file_partition(address), address, _CANDIDATE))
+      rows.append((bucket, id_key, _COPY + address))
   return rows
 
 

@@ -2,7 +2,8 @@
 
     python -m benchmarks.model_decode [--config=bench_100m] [--override FIELD=VALUE ...]
         [--dtype=float32|bfloat16] [--batch_size=4] [--seq_len=64 (prompt length)] [--new_tokens=32]
-        [--peers eager sdpa static compile] [--variants copies cache_copies] [--pairs=7] [--warmup=1] [--threads=1] [--cpus=1] [--result=PATH]
+        [--peers eager sdpa static compile] [--variants copies cache_copies rope_fused]
+        [--pairs=7] [--warmup=1] [--threads=1] [--cpus=1] [--result=PATH]
 
 The prompts are `batch_size` rows of `seq_len` random tokens (BOS first, no padding). One run =
 one whole generate call (prefill included) that decodes exactly `new_tokens` tokens greedily:
@@ -13,6 +14,8 @@ one whole generate call (prefill included) that decodes exactly `new_tokens` tok
                                 weights at every step (see ours_side).
   ours[cache_copies]            (--variants cache_copies) the same, as decoding was before it stopped
                                 copying the KV cache at every step (see ours_side).
+  ours[rope_fused]              (--variants rope_fused) the same, with RoPE's sin and cos fused into
+                                (and recomputed in) every rotation, as before model.modules.materialized.
   transformers[eager|sdpa]      model.generate(do_sample=False, use_cache=True, max_new_tokens=n,
                                 min_new_tokens=n), generation_config.eos_token_id = None (no early
                                 stop, no EOS logit masked: greedy stays exact); dynamic KV cache.
@@ -70,7 +73,8 @@ def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, se
   weight copied out of its stack or transposed at every step (model.modules.weight_copy_is_cheaper
   always true) and a prefill that computes the logits of every prompt position; "cache_copies", the
   KV cache in the [B, S, K, H] layout, written before the attention reads it
-  (`_copying_attend_with_cache`).
+  (`_copying_attend_with_cache`); "rope_fused", RoPE's sin and cos left for XLA to fuse into every
+  rotation (model.modules.materialized the identity).
   """
   import jax
   import numpy as np
@@ -82,6 +86,8 @@ def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, se
   elif variant == "cache_copies":
     modules.CACHE_AXES = {"k": "BSKH", "v": "BSKH"}
     modules.attend_with_cache = _copying_attend_with_cache
+  elif variant == "rope_fused":
+    modules.materialized = lambda x: x
   elif variant:
     raise ValueError(f"unknown variant {variant!r}")
 
@@ -176,7 +182,8 @@ def main(argv=None) -> dict:
   _common.add_model_flags(parser, batch_size=4, seq_len=64)
   parser.add_argument("--new_tokens", type=int, default=32, help="tokens generated per row")
   parser.add_argument("--peers", nargs="+", default=["eager", "sdpa", "static"], choices=sorted(PEERS))
-  parser.add_argument("--variants", nargs="*", default=[], choices=["copies", "cache_copies"],
+  parser.add_argument("--variants", nargs="*", default=[],
+                      choices=["copies", "cache_copies", "rope_fused"],
                       help="ours as it was before a change, timed in the same run (see ours_side)")
   harness.add_flags(parser)
   args = parser.parse_args(argv)

@@ -17,6 +17,10 @@ process, interleaved by benchmarks/harness.py):
                              its matmul, as before model.modules.stacked_token_einsum (--variants copies).
   ours[softmax_autodiff]     the same with the attention softmax differentiated by autodiff, as
                              before model.modules.softmax (--variants softmax_autodiff).
+  ours[full_square]          the same with the attention over the full [T, S] square, masked, as
+                             before model.modules.causal_block_attention (--variants full_square).
+  ours[rope_fused]           the same with RoPE's sin and cos left for XLA to fuse into (and recompute
+                             in) every rotation, as before model.modules.materialized (--variants rope_fused).
   transformers[eager|sdpa]   model(input_ids).logits -> float32 cross-entropy -> backward ->
                              torch.optim step -> zero_grad(set_to_none).
   transformers[sdpa+compile] the same step with the model under torch.compile (inductor).
@@ -58,7 +62,10 @@ def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learni
   variant "unfolded" replaces modules.token_einsum by the [B, T] einsum it replaced, "copies"
   makes modules.weight_copy_is_cheaper always true (every stacked weight sliced, q transposed, as
   before stacked_token_einsum), and "softmax_autodiff" differentiates the attention softmax by
-  autodiff instead of modules.softmax's own backward, so one paired run shows what a change bought.
+  autodiff instead of modules.softmax's own backward, and "full_square" computes every layer's
+  attention over the full [T, S] square (config.attention_causal_blocks = 1), and "rope_fused"
+  lets XLA fuse RoPE's sin and cos into the rotations (modules.materialized the identity), so one
+  paired run shows what a change bought.
   """
   import jax
   import optax
@@ -71,6 +78,10 @@ def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learni
     modules.weight_copy_is_cheaper = lambda x, stacked: True
   elif variant == "softmax_autodiff":  # The attention softmax differentiated by autodiff, as before.
     modules.softmax = lambda logits: jax.nn.softmax(logits, axis=-1)
+  elif variant == "full_square":  # Every query block against every key, as before causal_block_attention.
+    model = {**model, "overrides": {**model["overrides"], "attention_causal_blocks": 1}}
+  elif variant == "rope_fused":  # RoPE's sin and cos fused into every rotation, as before modules.materialized.
+    modules.materialized = lambda x: x
   elif variant:
     raise ValueError(f"unknown variant {variant!r}")
 
@@ -166,7 +177,8 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   _common.add_model_flags(parser, batch_size=2, seq_len=128)
   parser.add_argument("--peers", nargs="+", default=["eager", "sdpa"], choices=sorted(PEERS))
-  parser.add_argument("--variants", nargs="*", default=[], choices=["unfolded", "copies", "softmax_autodiff"],
+  parser.add_argument("--variants", nargs="*", default=[],
+                      choices=["unfolded", "copies", "softmax_autodiff", "full_square", "rope_fused"],
                       help="earlier versions of ours to run beside it (what a change bought)")
   parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
   parser.add_argument("--learning_rate", type=float, default=1e-3)

@@ -1,19 +1,28 @@
 """Precision/recall of the PII detectors and the toxicity scorer on the labelled sets.
 
     python -m benchmarks.pii_toxicity_eval [--per_type=30] [--seed=0] [--result=PATH|none]
+        [--sections=pii,secret_independent,secret_clean_docs,toxicity_template_eval,
+                    toxicity_independent]
 
 PII: Faker values (six locales) planted into stdlib docstring sentences plus hard negatives,
 scored per type (pipelines/labelled/pii_data.py). Toxicity: the held-out eval set
 (pipelines/labelled/toxicity_data.py) at the stage's default threshold and a few others, then
 the independent set (pipelines/labelled/toxicity_independent.py: hand-written abuse, real clean
 pages), with every miss and false positive printed. The figures go to
-benchmarks/results/pii_toxicity_eval.json (``harness.write_result``).
+benchmarks/results/pii_toxicity_eval.json (``harness.write_result``). With ``--sections`` only those
+are rerun: the other sections of an existing result file are kept as they were, and
+``sections_rerun`` records when each rerun section was measured and with which detect-secrets
+(so a PII change does not need the Debian handbook that the toxicity clean pages come from).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import gzip
+import json
 import os
+import re
 import time
 
 from benchmarks import harness
@@ -22,6 +31,12 @@ from pipelines.labelled import (pii_data, secrets_independent, toxicity_data, to
                                 train_toxicity)
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
+SECTIONS = ("pii", "secret_independent", "secret_clean_docs", "toxicity_template_eval",
+            "toxicity_independent")
+# Clean text for SECRET precision: the machine's package docs (what is there depends on the
+# machine's packages; the file and word counts are recorded with the hits).
+CLEAN_DOCS_DIR = "/usr/share/doc"
+_CLEAN_DOC_NAME_RE = re.compile(r"^(?:changelog|readme|news|copyright)", re.IGNORECASE)
 
 
 def pii_table(per_type: int, seed: int) -> dict:
@@ -56,6 +71,46 @@ def independent_secret_table(seed: int) -> dict:
   found, total = sum(r["found"] for r in table.values()), sum(r["total"] for r in table.values())
   print(f"  {'all':<24} {found:>3}/{total:<3} recall {found / total:.3f}")
   return table
+
+
+def _clean_doc_files() -> list[str]:
+  files = []
+  for root, dirs, names in os.walk(CLEAN_DOCS_DIR):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(root, name)
+      if (_CLEAN_DOC_NAME_RE.match(name) and not os.path.islink(path)
+          and (name.endswith(".gz") or "." not in name
+               or name.lower().endswith((".md", ".txt", ".rst")))):
+        files.append(path)
+  return files
+
+
+def clean_docs_secret_table() -> dict:
+  """SECRET hits on clean text: the changelogs, READMEs, NEWS and copyright files under
+  /usr/share/doc (no secrets planted; each hit is a false positive or a real published token,
+  listed for reading). A hit's value is recorded only as its first 4 characters and length."""
+  start = time.perf_counter()
+  files, words, chars, hits = 0, 0, 0, []
+  for path in _clean_doc_files():
+    try:
+      with (gzip.open(path) if path.endswith(".gz") else open(path, "rb")) as f:
+        text = f.read().decode("utf-8", "replace")
+    except (OSError, EOFError):
+      continue
+    files += 1
+    words += len(text.split())
+    chars += len(text)
+    for m in pii.find_pii(text, types=(pii.SECRET,)):
+      hits.append({"file": os.path.relpath(path, CLEAN_DOCS_DIR), "start": m.start,
+                   "value_prefix": m.value[:4], "length": len(m.value)})
+  elapsed = time.perf_counter() - start
+  print(f"\nSECRET on clean text ({CLEAN_DOCS_DIR} changelog/README/NEWS/copyright files): "
+        f"{files} files, {words} words, {len(hits)} hits ({elapsed:.1f}s)")
+  for hit in hits:
+    print(f"  {hit['file']} @{hit['start']}: {hit['value_prefix']}… ({hit['length']} chars)")
+  return {"dir": CLEAN_DOCS_DIR, "files": files, "words": words, "chars": chars,
+          "secret_hits": len(hits), "hits": hits}
 
 
 def _threshold_rows(scores, labels) -> dict:
@@ -127,16 +182,44 @@ def main(argv=None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--result", default=None, help="JSON path (default benchmarks/results/"
                       "pii_toxicity_eval.json); 'none' to skip")
+  parser.add_argument("--sections", default=",".join(SECTIONS),
+                      help="Comma-separated sections to run (the others are kept from --result).")
   args = parser.parse_args(argv)
+  sections = [s for s in args.sections.split(",") if s]
+  unknown = set(sections) - set(SECTIONS)
+  if unknown:
+    parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
   result = {"benchmark": "pii_toxicity_eval", "library_versions": harness.library_versions(),
             "machine": harness.machine(), "settings": vars(args),
             "handbook_installed": os.path.isdir(toxicity_independent.clean_pages.HANDBOOK_DIR)}
-  result["pii"] = pii_table(args.per_type, args.seed)
-  result["secret_independent"] = independent_secret_table(args.seed)
-  result["toxicity_template_eval"] = toxicity_table()
-  result["toxicity_independent"] = independent_toxicity_table()
-  if args.result != "none":
-    print("wrote", harness.write_result(result, args.result))
+  path = None if args.result == "none" else (
+      args.result or os.path.join(harness.RESULTS_DIR, "pii_toxicity_eval.json"))
+  if set(sections) != set(SECTIONS):
+    if not path or not os.path.exists(path):
+      parser.error("--sections needs an existing --result file to keep the other sections from")
+    with open(path) as f:
+      kept = json.load(f)
+    rerun = kept.get("sections_rerun", {})
+    result = {**kept, "sections_rerun": rerun}
+    for name in sections:
+      rerun[name] = {"date": datetime.date.today().isoformat(), "settings": vars(args),
+                     "machine": harness.machine(),
+                     "detect_secrets": _detect_secrets_version()}
+  runners = {"pii": lambda: pii_table(args.per_type, args.seed),
+             "secret_independent": lambda: independent_secret_table(args.seed),
+             "secret_clean_docs": clean_docs_secret_table,
+             "toxicity_template_eval": toxicity_table,
+             "toxicity_independent": independent_toxicity_table}
+  for name in SECTIONS:
+    if name in sections:
+      result[name] = runners[name]()
+  if path:
+    print("wrote", harness.write_result(result, path))
+
+
+def _detect_secrets_version() -> str:
+  from importlib import metadata
+  return metadata.version("detect-secrets")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ def _pages_in(row: dict) -> int:
 
 
 DEFAULT_LAYOUT = "by_size"  # The rates and output bytes projected are the default layout's.
+# Measured but not projected: the crawl's rate is that of a loopback site; a real crawl's is set
+# by its politeness delays per origin (docs/crawl.md), not by CPU, and Common Crawl is not crawled.
+NOT_PROJECTED = ("crawl",)
 
 
 def _layout(row: dict) -> str:
@@ -69,6 +72,8 @@ def project(rows: list[dict], pages: float, tokens: float, shuffle_rows: list[di
   largest: dict[str, dict] = {}
   for row in rows:
     stage = row["stage"]
+    if stage in NOT_PROJECTED:
+      continue
     if _layout(row) == DEFAULT_LAYOUT and (stage not in largest
                                            or row["scale"] > largest[stage]["scale"]):
       largest[stage] = row

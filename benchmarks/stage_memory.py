@@ -17,7 +17,10 @@ The crawl's input is a synthetic site served on loopback by this process (:class
 stdlib ``http.server``, one server per origin; the measured crawl is the child process): at scale
 ``s``, ``5 s`` origins of 10 pages of about 20 KB each (an index page linking to 9 others), so 1x
 is a small crawl of 50 pages and the scale is the number of origins, each one ``FetchHost`` call's
-worth of pages. Every page is fetched (``--max_depth=1``, ``--min_delay=0``).
+worth of pages. Every page is fetched (``--max_depth=1``, ``--min_delay=0``). The WARC files and
+the fetch log's shards follow the data as in a real crawl, with targets scaled down to this size
+(``CRAWL_TARGET_WARC_BYTES``, ``CRAWL_TARGET_LOG_BYTES``), so their counts grow with the scale and
+one WARC file's writer merges about the same number of spill files at every scale.
 
     .venv/bin/python -m benchmarks.stage_memory [--scales=1,10,100] [--extract_scales=1,10] \
         [--stages=quality,...] [--layouts=by_size,per_input] [--append]
@@ -61,7 +64,8 @@ WARC_STAGES = (("extract", (BY_SIZE, PER_INPUT)), ("filter", (BY_SIZE, PER_INPUT
 CRAWL_STAGES = (("crawl", (BY_SIZE, PER_INPUT)),)  # On a SyntheticSite.
 SAMPLE_WARCS = "data/sample/*.warc.gz"
 CRAWL_ORIGINS_1X, CRAWL_PAGES_PER_ORIGIN, CRAWL_PAGE_BYTES = 5, 10, 20_000
-CRAWL_SHARDS = 4
+# Per WARC file and per fetch log shard: 1x is about 0.7 MB of WARC records and 50 log lines.
+CRAWL_TARGET_WARC_BYTES, CRAWL_TARGET_LOG_BYTES = 2**20, 2**18
 
 
 def _peak_wrapper(argv: list[str]) -> list[str]:
@@ -93,8 +97,13 @@ def _outputs(out_dir: str) -> dict:
   stats_path = os.path.join(out_dir, "stats.json")
   stats = json.load(open(stats_path)) if os.path.exists(stats_path) else {}
   files = [p for p in glob.glob(os.path.join(out_dir, "**", "*"), recursive=True) if os.path.isfile(p)]
-  return {"stats": stats, "output_bytes": sum(os.path.getsize(p) for p in files),
-          "output_shards": len(glob.glob(os.path.join(out_dir, "docs-*.jsonl")))}
+  out = {"stats": stats, "output_bytes": sum(os.path.getsize(p) for p in files),
+         "output_shards": len(glob.glob(os.path.join(out_dir, "docs-*.jsonl")))}
+  for key, pattern in (("warc_files", "*.warc.gz"), ("fetch_log_shards", "fetches-*.jsonl")):
+    found = glob.glob(os.path.join(out_dir, pattern))  # A crawl's output (counts from the data).
+    if found:
+      out[key] = len(found)
+  return out
 
 
 def repeat_docs(src_dir: str, out_dir: str, scale: int) -> int:
@@ -186,7 +195,8 @@ def crawl_argv(layout: str, seeds: str, out: str) -> list[str]:
   """The crawl of a SyntheticSite: every page fetched, as fast as loopback allows."""
   argv = ["pipelines.crawl", f"--seeds={seeds}", f"--output_dir={out}", "--allow_loopback",
           "--min_delay=0", "--max_depth=1", f"--max_pages={CRAWL_PAGES_PER_ORIGIN}",
-          f"--num_shards={CRAWL_SHARDS}"]
+          f"--target_warc_bytes={CRAWL_TARGET_WARC_BYTES}",
+          f"--target_shard_bytes={CRAWL_TARGET_LOG_BYTES}"]
   if layout == PER_INPUT:
     argv += [f"--shard_layout={PER_INPUT}"]
   return argv

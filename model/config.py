@@ -48,6 +48,10 @@ class GemmaConfig:
   # Attention over query blocks of this many tokens, each block's logits/probs recomputed in the
   # backward pass, so at most [heads, block, keys] probabilities live at once. None: one block.
   attention_chunk_size: int | None = None
+  # Speed: attention without a cache (and without attention_chunk_size) splits the queries into this
+  # many blocks and multiplies each only against the keys up to its end
+  # (`modules.causal_block_attention`); 1: the full [T, S] square. Same numbers up to summation order.
+  attention_causal_blocks: int = 4
   # DecoderOnlyModel's loss/scores compute logits + log-softmax for this many positions of a row
   # at a time (recomputed in backward), never the whole [batch, length, vocab]. None: all at once.
   loss_chunk_size: int | None = None
@@ -68,6 +72,10 @@ class GemmaConfig:
       value = getattr(self, name)
       if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
         raise ValueError(f"GemmaConfig.{name} must be a positive int or None, got {value!r}")
+    if (not isinstance(self.attention_causal_blocks, int) or isinstance(self.attention_causal_blocks, bool)
+        or self.attention_causal_blocks < 1):
+      raise ValueError(f"GemmaConfig.attention_causal_blocks must be a positive int, got "
+                       f"{self.attention_causal_blocks!r}")
     if not isinstance(self.scan_layers, bool):
       raise ValueError(f"GemmaConfig.scan_layers must be a bool, got {self.scan_layers!r}")
     if self.remat_policy not in REMAT_POLICIES:

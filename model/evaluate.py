@@ -293,13 +293,15 @@ def _run_code(bench, records, outputs, sandbox_config):
 # ---------------------------------------------------------------- the table
 
 
-def setting_text(bench, num_shots: int, chat: bool) -> str:
+def setting_text(bench, num_shots: int, chat: bool, multiturn: bool = False) -> str:
   parts = [f"{num_shots}-shot", bench.metric]
   if bench.partial_scoring:
     parts.append("partial scoring")
   if bench.samples > 1:
     parts.append(f"k={bench.samples}, temperature {bench.temperature:g}")
   parts.append("chat template" if chat else "plain template")
+  if chat and num_shots:  # 0-shot, both layouts are the same prompt.
+    parts.append("exemplars as turns" if multiturn else "exemplars in one turn")
   return ", ".join(parts)
 
 
@@ -354,12 +356,12 @@ def write_tables(rows: Sequence[Mapping[str, Any]], output_dir: str, header: Map
             f"</table>\n<p>{html.escape(note)}</p>\n")
 
 
-def user_turn_prompt(text: str) -> str:
-  """The prompt as one user turn of Gemma's dialogue format, ending with the model turn's header
-  (tasks.chat_template, as gemma-it's template renders it; BOS is added at tokenization)."""
+def chat_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+  """A benchmark prompt's messages (a leading system message folded into the first user turn) in
+  Gemma's dialogue format, ending with the model turn's header (tasks.chat_template, as gemma-it's
+  template renders it; BOS is added at tokenization)."""
   from tasks import chat_template as chat_lib
-  return chat_lib.render(chat_lib.normalize([{"role": "user", "content": text}]),
-                         add_generation_prompt=True, bos="")
+  return chat_lib.render(chat_lib.normalize(list(messages)), add_generation_prompt=True, bos="")
 
 
 @gin.configurable
@@ -369,9 +371,14 @@ def run_benchmarks(*, checkpoint: str, tokenizer: str, output_dir: str, model=No
                    limit: Optional[int] = None, seed: int = 0, sampler: str = "seeded",
                    chat: bool = False, batch_size: int = 8, max_length: Optional[int] = None,
                    sandbox_timeout_s: float = 10.0, samples: Optional[Mapping[str, int]] = None,
-                   temperature: Optional[Mapping[str, float]] = None) -> list[dict[str, Any]]:
+                   temperature: Optional[Mapping[str, float]] = None,
+                   fewshot_as_multiturn: Optional[bool] = None) -> list[dict[str, Any]]:
   """Evaluates ``checkpoint`` on ``benchmarks`` (names or groups; by default every benchmark but
-  the maj@k variants); writes the tables; returns rows (sub-tasks, then the groups)."""
+  the maj@k variants); writes the tables; returns rows (sub-tasks, then the groups).
+
+  ``chat``: prompts in Gemma's dialogue format; ``fewshot_as_multiturn`` as lm-eval's (None: True
+  with ``chat``): each exemplar a user and a model turn, else all in one user turn.
+  """
   import seqio
   from model import code_sandbox
   from tasks.benchmarks import registry
@@ -379,10 +386,10 @@ def run_benchmarks(*, checkpoint: str, tokenizer: str, output_dir: str, model=No
   if not os.path.exists(tokenizer):
     raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
   vocab = seqio.SentencePieceVocabulary(tokenizer)
-  chat_template = user_turn_prompt if chat else None
+  multiturn = registry.resolve_multiturn(chat, fewshot_as_multiturn)
   tasks_info = registry.register_benchmark_tasks(
-      vocab, data_root, benchmarks, num_shots, seed, sampler, files, limit, chat, chat_template,
-      samples, temperature)
+      vocab, data_root, benchmarks, num_shots, seed, sampler, files, limit, chat,
+      chat_prompt if chat else None, samples, temperature, multiturn)
   lm_model, params, hf_config = load_checkpoint(checkpoint, model)
   check_tokenizer(lm_model.config, vocab, tokenizer, checkpoint, hf_config)
   lm = LanguageModel(lm_model, params, vocab, max_length, batch_size)
@@ -394,7 +401,7 @@ def run_benchmarks(*, checkpoint: str, tokenizer: str, output_dir: str, model=No
     result = evaluate_task(lm, task_name, info, sandbox, seed)
     per_example[bench.name] = result["per_example"][bench.metric]
     rows.append({"benchmark": bench.name, "task": task_name, "format": bench.format,
-                 "setting": setting_text(bench, info["num_shots"], chat), "metric": bench.metric,
+                 "setting": setting_text(bench, info["num_shots"], chat, multiturn), "metric": bench.metric,
                  "num_shots": info["num_shots"], "score": result["score"], "ci95": result["ci95"],
                  "num_examples": result["num_examples"], "metrics": result["metrics"],
                  "paper_2b": bench.paper[0], "paper_7b": bench.paper[1],
@@ -402,7 +409,7 @@ def run_benchmarks(*, checkpoint: str, tokenizer: str, output_dir: str, model=No
                  **({"sandbox": result["sandbox"]} if "sandbox" in result else {})})
   rows += group_rows(rows, per_example, seed)
   header = {"checkpoint": checkpoint, "tokenizer": tokenizer, "data_root": data_root, "seed": seed,
-            "chat": chat, "limit": limit}
+            "chat": chat, "fewshot_as_multiturn": multiturn, "limit": limit}
   write_tables(rows, output_dir, header)
   print(f"wrote {output_dir}/results.json, results.md, results.html", flush=True)
   return rows

@@ -15,6 +15,9 @@ Memory for long sequences: `config.attention_chunk_size` runs attention over
 blocks of queries (`map_chunks`), so only [heads, block, keys] probabilities
 exist at once and the backward pass recomputes them; every query row still sees
 its full softmax, so the result equals the one-block computation.
+
+Speed: without a cache, attention skips the masked half of the causal [T, S] square
+(`causal_block_attention`, `config.attention_causal_blocks` query blocks).
 """
 
 from __future__ import annotations
@@ -142,11 +145,25 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: int = ROPE_BASE_FREQUEN
   head_dim = x.shape[-1]
   fraction = 2.0 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim
   timescale = jnp.float32(base) ** fraction  # [H/2]
-  angles = positions.astype(jnp.float32)[:, :, None, None] / timescale  # [B, T, 1, H/2]
-  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  angles = positions.astype(jnp.float32)[:, :, None] / timescale  # [B, T, H/2]
+  sin, cos = (materialized(f(angles))[:, :, None] for f in (jnp.sin, jnp.cos))  # [B, T, 1, H/2]
   first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
   return rotated.astype(x.dtype)
+
+
+def materialized(x: jax.Array) -> jax.Array:
+  """x [A, B, ...], read through a gather of its own rows (same values), so it is computed once.
+
+  XLA:CPU fuses an elementwise producer into each consumer and recomputes it per consumer element:
+  RoPE's sin and cos of [B, T, H/2] angles were evaluated again for every head and both halves of
+  every query and key (and again in the backward pass), at several times the cost of the rotation.
+  It does not fuse through a gather, and an optimization barrier is removed before fusion
+  (docs/model_benchmarks.md, "What each change bought"). On other backends it costs one read of
+  [B, T, H/2] floats, nothing beside the attention, so it is not made CPU-only.
+  """
+  rows = jnp.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2])
+  return jnp.take(x.reshape((-1,) + x.shape[2:]), rows, axis=0)
 
 
 @jax.custom_vjp
@@ -188,6 +205,33 @@ def dot_product_attention(query, key, value, mask, key_axes="BSKH", value_axes="
   logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
   probs = softmax(logits).astype(value.dtype)
   return jnp.einsum(f"BKGTS,{value_axes}->BTKGH", probs, value)
+
+
+def causal_block_attention(query, key, value, mask, num_blocks: int):
+  """`dot_product_attention` for a causal mask over T == S positions, skipping the masked half.
+
+  The queries are split into `num_blocks` blocks of consecutive positions and block [start, end)
+  is multiplied only against keys [0, end), with the mask sliced to match: under a causal mask
+  (no query sees a later key) the keys after `end` have probability 0 for every query of the
+  block, so dropping them changes nothing but the summation order, while the logits, softmax and
+  their backward shrink to (num_blocks + 1) / (2 * num_blocks) of the full [T, S] square. The
+  slices are static, so XLA sees smaller dots; any further masking (packed segments, padding,
+  a sliding window) is still applied by the mask within each block. This is the work torch's
+  CPU flash-attention kernel skips (docs/model_benchmarks.md, "What each change bought").
+
+  The mask must be causal by position (`transformer.attention_mask` without a cache is). One
+  difference: a query that sees no key at all (a padding position, segment 0) averages the values
+  of its block's keys rather than of all keys; nothing reads those rows (no real query attends to
+  padding, and the loss weights them 0).
+  """
+  length = query.shape[1]
+  if num_blocks <= 1 or length < 2 or key.shape[1] != length:
+    return dot_product_attention(query, key, value, mask)
+  num_blocks = min(num_blocks, length)
+  bounds = [length * i // num_blocks for i in range(num_blocks + 1)]
+  blocks = [dot_product_attention(query[:, start:end], key[:, :end], value[:, :end], mask[:, start:end, :end])
+            for start, end in zip(bounds[:-1], bounds[1:])]
+  return jnp.concatenate(blocks, axis=1)
 
 
 # Layout of a layer's cached keys and values (B batch, K kv heads, S cache slots, H head_dim):
@@ -306,7 +350,8 @@ class Attention(nn.Module):
     Args:
       x: [B, T, D] normed activations.
       positions: [B, T] int positions (RoPE).
-      mask: [B, T, S] bool, True where query t may attend key s.
+      mask: [B, T, S] bool, True where query t may attend key s; without a cache (T == S) it must be
+        causal, as `transformer.attention_mask` builds it (`causal_block_attention` relies on it).
       layer_cache: None, or {'k', 'v'}: cached keys/values (after RoPE), laid out as CACHE_AXES.
       cache_index: int32 scalar, the cache slot of x's first token.
 
@@ -341,10 +386,10 @@ class Attention(nn.Module):
                                              cfg.attention_chunk_size)
     else:
       key, value = key.astype(dtype), value.astype(dtype)
-      attend = lambda q, m: dot_product_attention(q, key, value, m)
       if cfg.attention_chunk_size is None:
-        encoded = attend(query, mask)
+        encoded = causal_block_attention(query, key, value, mask, cfg.attention_causal_blocks)
       else:
+        attend = lambda q, m: dot_product_attention(q, key, value, m)
         encoded = map_chunks(attend, (query, mask), cfg.attention_chunk_size)
     # Heads and head_dim folded into one axis X on both sides (free reshapes): a plain matmul over
     # the weight as stored, which XLA would otherwise transpose on every call.

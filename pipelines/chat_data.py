@@ -2,7 +2,8 @@ r"""Conversation data -> seqio caches for SFT, the reward model and RLHF (Gemma'
 
     python -m pipelines.chat_data --input='data/chat/*.jsonl' --tokenizer=<tokenizer.model> \
         --output_dir=<chat data dir> [--max_length=256] [--validation_fraction=0.1] [--source=NAME] \
-        [--shard_layout=by_size|per_input] [--num_buckets=0]
+        [--shard_layout=by_size|per_input] [--num_buckets=0] [--num_shards=N] \
+        [--num_validation_shards=N] [--num_reject_shards=N] [--target_shard_bytes=B]
 
 Each input line is one JSON object in a format people already have:
 
@@ -249,9 +250,12 @@ def chat_data(input_pattern: str, tokenizer: str, output_dir: str, max_length: i
               validation_fraction: float = 0.1, num_shards: int = 0, source: str | None = None,
               toxicity_threshold: float = toxicity.ToxicityConfig().threshold,
               options: PipelineOptions | None = None, shard_layout: str = common.BY_SIZE,
-              num_buckets: int = 0) -> dict[str, Any]:
-  """Runs the job; returns its stats.json record. ``num_shards=0`` sizes the train shards from the
-  input (``tokenize.train_shard_count``, as the tokenize job does). ``shard_layout``: how records
+              num_buckets: int = 0, num_validation_shards: int = 0, num_reject_shards: int = 0,
+              target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES) -> dict[str, Any]:
+  """Runs the job; returns its stats.json record. A shard count of 0 comes from the data, about
+  ``target_shard_bytes`` a shard, as in the tokenize job: train from the input
+  (``tokenize.train_shard_count``), validation from its share of it
+  (``tokenize.validation_shard_count``), rejects from their bytes. ``shard_layout``: how records
   reach their duplicate group and shard, not what is written (module docstring); ``num_buckets``:
   the per-input layout's bucket count (0: from the input's size)."""
   if max_length < 8:
@@ -268,11 +272,16 @@ def chat_data(input_pattern: str, tokenizer: str, output_dir: str, max_length: i
     ct.chat_ids(train_tokenizer.check_tokenizer(model_proto, tokenizer))
   except ValueError as e:
     raise common.StageError(str(e)) from e
-  if num_shards < 0:
-    raise common.StageError(f"--num_shards must be at least 1 (or 0: from the input), got {num_shards}")
-  if not num_shards:
-    num_shards = tokenize.train_shard_count(files, common.DEFAULT_TARGET_SHARD_BYTES, shard_multiple=1)
-  shards = {"train": num_shards, "validation": 1}
+  if min(num_shards, num_validation_shards, num_reject_shards) < 0:
+    raise common.StageError("--num_shards, --num_validation_shards and --num_reject_shards must be at "
+                            "least 1 (or 0: from the data), got "
+                            f"{num_shards}, {num_validation_shards}, {num_reject_shards}")
+  if target_shard_bytes < 1:
+    raise common.StageError(f"--target_shard_bytes must be positive, got {target_shard_bytes}")
+  num_shards = num_shards or tokenize.train_shard_count(files, target_shard_bytes, shard_multiple=1)
+  num_validation_shards = num_validation_shards or tokenize.validation_shard_count(
+      files, validation_fraction, target_shard_bytes)
+  shards = {"train": num_shards, "validation": num_validation_shards}
   prepare = PrepareConversation(model_proto, max_length, toxicity_threshold, pii.PiiConfig(), source)
   to_shard = ToShard(validation_fraction, shards)
   logging.info("%s: %s -> %s (%s layout)", STAGE, input_pattern, output_dir, shard_layout)
@@ -286,10 +295,12 @@ def chat_data(input_pattern: str, tokenizer: str, output_dir: str, max_length: i
     if shard_layout == common.PER_INPUT:
       from pipelines import chat_data_shardwise  # pylint: disable=import-outside-toplevel  # It imports this module.
       plan = chat_data_shardwise.Plan(tuple(files), chat_data_shardwise.num_buckets(files, num_buckets),
-                                      shards, FileSystems.join(tmp_dir, chat_data_shardwise.SPILL_DIR))
+                                      shards, FileSystems.join(tmp_dir, chat_data_shardwise.SPILL_DIR),
+                                      num_reject_shards, target_shard_bytes)
     with beam.Pipeline(options=options or PipelineOptions()) as p:
       if plan is None:
-        written, counts = _prepare_and_write(p, files, prepare, to_shard, cache_dir, rejects_dir, shards)
+        written, counts = _prepare_and_write(p, files, prepare, to_shard, cache_dir, rejects_dir, shards,
+                                             num_reject_shards, target_shard_bytes)
       else:
         written, counts = chat_data_shardwise.build(p, plan, prepare, to_shard, cache_dir, rejects_dir)
       _finish(written, counts, tmp_dir, model_proto, validation_fraction, shards, max_length)
@@ -300,10 +311,12 @@ def chat_data(input_pattern: str, tokenizer: str, output_dir: str, max_length: i
   return stats
 
 
-def _prepare_and_write(p, files, prepare, to_shard, cache_dir, rejects_dir, shards):
+def _prepare_and_write(p, files, prepare, to_shard, cache_dir, rejects_dir, shards, num_reject_shards,
+                       target_shard_bytes):
   """The default layout: exact dedupe and shards through Beam shuffles. Returns
   ``tokenize.WriteShard``'s ``(task, shard counts)`` and the ``(name, n)`` count PCollections
-  (``in``, ``kept``, ``kept_<kind>``, ``dropped.<reason>``); writes the rejects."""
+  (``in``, ``kept``, ``kept_<kind>``, ``dropped.<reason>``); writes the rejects
+  (``num_reject_shards``, 0: from their bytes)."""
   lines = (p | "Files" >> beam.Create(files)
            | "Read" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder(), with_filename=True)
            | "Progress" >> beam.ParDo(common.CountProgress(STAGE)))
@@ -311,7 +324,8 @@ def _prepare_and_write(p, files, prepare, to_shard, cache_dir, rejects_dir, shar
   deduped = (dedupe.mark_exact_duplicates(prepared.kept)
              | "Duplicates" >> beam.FlatMap(_route_duplicates).with_outputs(common.REJECTS_TAG, main="kept"))
   rejects = (prepared[common.REJECTS_TAG], deduped[common.REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
-  _ = rejects | "WriteRejects" >> common.WriteSortedShards(rejects_dir, common.REJECTS_TAG, 1)
+  _ = rejects | "WriteRejects" >> common.WriteSortedShards(
+      rejects_dir, common.REJECTS_TAG, num_reject_shards, target_shard_bytes)
   written = (deduped.kept
              | "ToShard" >> beam.ParDo(to_shard)
              | "GroupByShard" >> beam.GroupByKey()
@@ -349,6 +363,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Pipeline
     parser.add_argument("--max_length", type=int, default=256, help="Longest example in tokens, BOS included; "
                         "longer ones are rejected as too_long.")
     parser.add_argument("--validation_fraction", type=float, default=0.1)
+    parser.add_argument("--num_validation_shards", type=int, default=0, help="Validation shards "
+                        "(default 0: from the data, the split's share of the input over "
+                        "--target_shard_bytes).")
     parser.add_argument("--source", default=None, help="Source name of every record (default: file name).")
     parser.add_argument("--toxicity_threshold", type=float, default=toxicity.ToxicityConfig().threshold)
     parser.add_argument("--num_buckets", type=int, default=0, help=f"--shard_layout={common.PER_INPUT} "
@@ -362,7 +379,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   return chat_data(args.input, args.tokenizer, args.output_dir, max_length=args.max_length,
                    validation_fraction=args.validation_fraction, num_shards=args.num_shards,
                    source=args.source, toxicity_threshold=args.toxicity_threshold, options=options,
-                   shard_layout=args.shard_layout, num_buckets=args.num_buckets)
+                   shard_layout=args.shard_layout, num_buckets=args.num_buckets,
+                   num_validation_shards=args.num_validation_shards,
+                   num_reject_shards=args.num_reject_shards, target_shard_bytes=args.target_shard_bytes)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ bucket's, never the input:
    kept example (``chat_data.ToShard``) to its ``(split, shard)`` partition, keyed
    ``task NUL id`` (tokenize_shardwise's encoding), a duplicate to the rejects partition.
 4. ``write``, per ``(split, shard)`` partition: ``tokenize_shardwise.MergePartition``, which
-   streams the merge into ``tokenize.write_shard`` task by task, and writes the one rejects shard
-   (steps 1 and 3's rejects). ``chat_data`` then finishes the tasks, sources and stats as in the
-   default layout.
+   streams the merge into ``tokenize.write_shard`` task by task, and writes the rejects shards
+   (steps 1 and 3's rejects; their count from the line bytes those steps counted,
+   ``tokenize_shardwise.REJECT_BYTES``, as the default layout's writer sums them). ``chat_data``
+   then finishes the tasks, sources and stats as in the default layout.
 
 Why decisions go through the id's bucket: copies of one id are one conversation (all go if one is
 a duplicate, else all but the first), and they may have different texts, so different exact
@@ -80,6 +81,8 @@ class Plan:
   num_buckets: int
   shards: dict[str, int]
   spill_dir: str
+  num_reject_shards: int = 0  # 0: from the rejects' bytes.
+  target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES
 
   @property
   def rejects(self) -> int:
@@ -115,6 +118,7 @@ def _reject_row(output: beam.pvalue.TaggedOutput, plan: Plan, counts: collection
     raise common.StageError(f"Unknown output tag {output.tag!r} in the chat data job.")
   counts["dropped." + output.value["reason"]] += 1
   doc_id, line = common.encode_row(output.value)
+  counts[tokenize_shardwise.REJECT_BYTES] += common.line_bytes(line)
   return plan.rejects, doc_id.encode("utf-8"), line.encode("utf-8")
 
 
@@ -248,16 +252,18 @@ def build(p, plan: Plan, prepare: chat_data.PrepareConversation, to_shard: chat_
          | "IdBuckets" >> beam.GroupByKey()
          | "IdDecisions" >> beam.ParDo(IdDecisions(plan, to_shard)).with_outputs(
              COUNTS_TAG, main="partitions"))
-  # The rejects shard is written even when no record is rejected, as in the default layout.
+  counts, reject_bytes = tokenize_shardwise.split_reject_bytes(
+      (docs[COUNTS_TAG], exact[COUNTS_TAG], ids[COUNTS_TAG])
+      | "FlattenStepCounts" >> beam.Flatten()
+      | "SumCounts" >> beam.CombinePerKey(sum))
+  # The rejects shards are written even when no record is rejected, as in the default layout.
   always = p | "RejectsPartition" >> beam.Create([(plan.rejects, None)])
   written = ((docs_to_write, ids.partitions, always)
              | "ToWrite" >> beam.Flatten()
              | "ShardPartitions" >> beam.GroupByKey()
              | "MergePartition" >> beam.ParDo(tokenize_shardwise.MergePartition(
-                 cache_dir, rejects_dir, plan.shards)))
-  counts = ((docs[COUNTS_TAG], exact[COUNTS_TAG], ids[COUNTS_TAG])
-            | "FlattenStepCounts" >> beam.Flatten()
-            | "SumCounts" >> beam.CombinePerKey(sum))
+                 cache_dir, rejects_dir, plan.shards, plan.num_reject_shards,
+                 plan.target_shard_bytes), reject_bytes=reject_bytes))
   return written, [counts]
 
 

@@ -164,17 +164,21 @@ def stable_hash(text: str) -> int:
 _SHARD_RE = re.compile(r"(.*)-(\d{5,})-of-(\d{5,})\.([a-z0-9.]+)$")
 
 
-def check_shards_complete(files: Sequence[str], what: str) -> None:
+def check_shards_complete(files: Sequence[str], what: str, sep: str = "-") -> None:
   """Raises StageError unless every shard named by the files' ``-of-NNNNN`` is among them.
 
   A marker says the writer finished; it does not prove that every shard survived a copy or a
-  partial delete. Files that do not follow the shard naming are refused too.
+  partial delete. Files that do not follow the shard naming are refused too, and so is a shard
+  index at or past its count. ``sep`` is what separates the prefix from the index: ``-`` for
+  :func:`shard_path`'s names, ``.`` for the crawl's WARC files (``<prefix>.XXXXX-of-NNNNN.warc.gz``).
   """
+  shard_re = _SHARD_RE if sep == "-" else re.compile(
+      rf"(.*){re.escape(sep)}(\d{{5,}})-of-(\d{{5,}})\.([a-z0-9.]+)$")
   groups: dict[tuple[str, str, int], set[int]] = {}
   for path in files:
-    match = _SHARD_RE.match(path)
+    match = shard_re.match(path)
     if not match:
-      raise StageError(f"{what}: {path} is not named <prefix>-XXXXX-of-NNNNN.<ext>.")
+      raise StageError(f"{what}: {path} is not named <prefix>{sep}XXXXX-of-NNNNN.<ext>.")
     prefix, index, total, ext = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
     if index >= total:
       raise StageError(f"{what}: {path} has shard index {index} >= its shard count {total}.")
@@ -182,7 +186,7 @@ def check_shards_complete(files: Sequence[str], what: str) -> None:
   if len({(prefix, ext) for prefix, ext, _ in groups}) != len(groups):
     counts = sorted({total for _, _, total in groups})
     raise StageError(f"{what}: shards of different counts {counts} are mixed in one directory.")
-  missing = [f"{prefix}-{i:05d}-of-{total:05d}.{ext}"
+  missing = [f"{prefix}{sep}{i:05d}-of-{total:05d}.{ext}"
              for (prefix, ext, total), present in sorted(groups.items())
              for i in range(total) if i not in present]
   if missing:
@@ -462,9 +466,11 @@ class WriteSortedShards(beam.PTransform):
   """Writes records to ``<directory>/<prefix>-XXXXX-of-NNNNN.jsonl``, each shard sorted by id.
 
   ``num_shards`` fixes the count; 0 derives it from the encoded size of the records
-  (:func:`shards_for`). Records go to shard ``stable_hash(id) % num_shards``; empty shards are
-  still written, so the set of files depends only on the count. A worker holds one shard at a
-  time, as (id, line) pairs: lines are encoded once and never parsed again to be sorted.
+  (:func:`shards_for` over :func:`line_bytes`). Records go to shard :func:`row_shard`
+  (``stable_hash(id) % num_shards``); empty shards are still written, so the set of files depends
+  only on the count. A worker holds one shard at a time, as (id, line) pairs: lines are encoded
+  once and never parsed again to be sorted. :func:`write_merged_rows` writes the same files from
+  rows already in order.
   """
 
   def __init__(self, directory: str, prefix: str, num_shards: int = 0,
@@ -486,11 +492,11 @@ class WriteSortedShards(beam.PTransform):
     else:
       target = self._target_shard_bytes
       count = (rows
-               | "Bytes" >> beam.Map(lambda row: len(row[1].encode("utf-8")) + 1)
+               | "Bytes" >> beam.Map(lambda row: line_bytes(row[1]))
                | "TotalBytes" >> beam.CombineGlobally(sum)
                | "ShardCount" >> beam.Map(shards_for, target))
     n = beam.pvalue.AsSingleton(count)
-    keyed = rows | "KeyByShard" >> beam.Map(lambda row, n: (stable_hash(row[0]) % n, row), n)
+    keyed = rows | "KeyByShard" >> beam.Map(lambda row, n: (row_shard(row[0], n), row), n)
     empty = count | "AllShards" >> beam.FlatMap(lambda n: [(i, None) for i in range(n)])
     return (
         (keyed, empty)
@@ -508,6 +514,37 @@ class WriteSortedShards(beam.PTransform):
 def encode_row(record: dict[str, Any]) -> tuple[str, str]:
   """``(id, line)``: a record encoded once, with the key its shard is sorted by."""
   return str(record.get("id", "")), dumps(record)
+
+
+def line_bytes(line: str) -> int:
+  """The bytes a row's line takes in its shard, newline included: what a shard count from the data
+  (:class:`WriteSortedShards`, and the per-input layouts' rejects) sums."""
+  return len(line.encode("utf-8")) + 1
+
+
+def row_shard(record_id: str, num_shards: int) -> int:
+  """The shard of a row among :class:`WriteSortedShards`' ``num_shards`` (one rule for every
+  writer of that layout)."""
+  return stable_hash(record_id) % num_shards
+
+
+def write_merged_rows(directory: str, prefix: str, num_shards: int,
+                      rows: Iterable[tuple[str, bytes]]) -> list[str]:
+  """Writes :class:`WriteSortedShards`' files (the same bytes) from ``(id, line)`` rows that come
+  already in (id, line) order, e.g. from a merge of spill files: one pass, every shard's file open,
+  nothing held. Rows out of order are a StageError, not other bytes. Open files (each with its
+  upload buffer on an object store) grow with ``num_shards``: at the default 128 MiB per shard, 80
+  files hold 10 GiB, which is why it serves the rejects, a small share of a stage's output."""
+  paths = [shard_path(directory, prefix, shard, num_shards) for shard in range(num_shards)]
+  with contextlib.ExitStack() as stack:
+    files = [stack.enter_context(FileSystems.create(path)) for path in paths]
+    previous = None
+    for row in rows:
+      if previous is not None and row < previous:
+        raise StageError(f"{directory}: row {row[0]!r} after {previous[0]!r}, out of (id, line) order.")
+      previous = row
+      files[row_shard(row[0], num_shards)].write(row[1] + b"\n")
+  return paths
 
 
 def write_sorted_rows(path: str, rows: list[tuple[str, str]]) -> str:

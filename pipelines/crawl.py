@@ -12,8 +12,8 @@ rounds are unrolled::
   links of round d-1 ─┘   (one element per origin = one politeness domain)         ├─ captures (WARC)
                                                                                     ├─ links ─> round d+1
                                                                                     └─ state ─> round d+1
-  captures ─> GroupByKey on shard ─> <prefix>.XXXXX-of-NNNNN.warc.gz
-  outcomes ─> fetches-00000-of-00001.jsonl (one line per URL, sorted) and stats.json
+  captures ─> shard count (from their bytes) ─> GroupByKey on shard ─> <prefix>.XXXXX-of-NNNNN.warc.gz
+  outcomes ─> fetches-XXXXX-of-NNNNN.jsonl (one line per URL, sorted; count from the bytes), stats.json
 
 Grouping by origin puts every request to a host into one sequential ``FetchHost`` call, which is
 where politeness is enforced; different hosts are fetched in parallel on different workers. The
@@ -21,13 +21,22 @@ where politeness is enforced; different hosts are fetched in parallel on differe
 ``state`` input carries robots.txt and the time of the last request, so robots.txt is fetched once
 per origin and the delay holds across rounds.
 
+WARC files: an origin's captures go to file ``stable_hash(origin) % N``. ``N`` is ``--num_shards``,
+or with 0 (the default) ``shards_for(bytes of every capture, --target_warc_bytes)``, known once
+every round has fetched: captures carry the origin's hash and their size, and get their file only
+then (a side input), so every file is named ``-of-N`` with the final ``N`` and every one of them is
+written (empty ones too). Files are not rolled by size as a crawler writing as it goes would: that
+gives a count known only at the end, so names without ``-of-N`` and readers that cannot tell a
+missing file (docs/crawl.md, WARC file count).
+
 Two layouts of the captures (``--shard_layout``), the same files byte for byte:
 
-* ``by_size`` (default): a capture is ``(shard, (url, WARC bytes))``, grouped by shard in a Beam
-  shuffle, which Beam's local runner holds whole in memory: every page of the crawl at once.
+* ``by_size`` (default): a capture is ``(origin hash, bytes, (url, WARC bytes))``, grouped by shard
+  in a Beam shuffle, which Beam's local runner holds whole in memory: every page of the crawl.
 * ``per_input``: each ``FetchHost`` call (one origin, one round) writes its captures to one spill
-  file (pipelines/spill.py; partition = shard, key = URL, value = WARC bytes) and emits only
-  ``(shard, spill path)``; the shard's writer streams ``spill.merge_partition`` over those files.
+  file (pipelines/spill.py; one partition, 0, since the file holds one origin; key = URL, value =
+  WARC bytes) and emits only ``(origin hash, bytes, spill path)``; the shard's writer streams
+  ``spill.merge_partition`` over its files.
   A worker holds one origin's captures of one round (at most ``--max_pages`` pages) or one record
   per spill file, never the crawl. The order is the same: ``sorted`` over ``(url, bytes)`` tuples
   and the merge over ``(UTF-8 url, bytes)`` agree, UTF-8 byte order being code point order.
@@ -70,6 +79,11 @@ STAGE = "crawl"
 FETCH_LOG_PREFIX = "fetches"
 KEPT = "kept"
 SPILL_DIR = "_spill"  # Under the job's temporary output directory (per_input layout only).
+SPILL_PARTITION = 0  # A spill file holds one origin's captures, so one partition.
+# WARC files follow the data: ~1 GiB of records each unless --num_shards is given, about the size
+# of Common Crawl's WARC files (docs/dataflow.md), so one file is one worker call's write and one
+# extract worker call's read (its per_input layout).
+DEFAULT_TARGET_WARC_BYTES = 2**30
 
 # Output tags of FetchHost.
 OUTCOMES, CAPTURES, LINKS, STATES = "outcomes", "captures", "links", "states"
@@ -90,7 +104,10 @@ class CrawlConfig:
   max_depth: int = 1
   max_pages: int = 1000  # Per origin: a global cap would need coordination between workers.
   same_host_only: bool = False
-  num_shards: int = 1
+  num_shards: int = 0  # WARC files; 0: from the captures' bytes and target_warc_bytes.
+  target_warc_bytes: int = DEFAULT_TARGET_WARC_BYTES
+  num_fetch_log_shards: int = 0  # 0: from the log's bytes and target_shard_bytes.
+  target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES
   warc_prefix: str = "web"
   shard_layout: str = common.BY_SIZE  # How captures reach their WARC shard (module docstring).
 
@@ -254,9 +271,16 @@ def capture_records(exchange: Exchange) -> bytes:
   return out.getvalue()
 
 
+# WARC file names: <prefix><WARC_SEP>XXXXX-of-NNNNN.<WARC_EXT>; warc_path writes them, warc_files
+# reads them (common.check_shards_complete with sep=WARC_SEP).
+WARC_SEP = "."
+WARC_EXT = "warc.gz"
+
+
 def warc_path(directory: str, prefix: str, shard: int, num_shards: int) -> str:
   """``<prefix>.XXXXX-of-NNNNN.warc.gz``: extract takes the source name up to the first dot."""
-  return FileSystems.join(directory, f"{prefix}.{shard:05d}-of-{num_shards:05d}.warc.gz")
+  return FileSystems.join(
+      directory, f"{prefix}{WARC_SEP}{shard:05d}-of-{num_shards:05d}.{WARC_EXT}")
 
 
 def write_warc(path: str, config: CrawlConfig, records: Iterable[bytes]) -> str:
@@ -287,7 +311,7 @@ def write_warc(path: str, config: CrawlConfig, records: Iterable[bytes]) -> str:
 
 
 class WriteWarcShard(beam.DoFn):
-  """``(shard, items)`` -> the shard's WARC file, captures sorted by (URL, bytes).
+  """``(shard, items)`` and the shard count -> the shard's WARC file, captures sorted by (URL, bytes).
 
   ``by_size``: the items are ``(url, bytes)`` captures, sorted here. ``per_input``: they are the
   paths of the spill files holding the shard's captures, merged in the same order; every one is
@@ -300,12 +324,12 @@ class WriteWarcShard(beam.DoFn):
     self._directory = directory
     self._config = config
 
-  def process(self, element):
+  def process(self, element, num_shards: int):
     shard, items = element
     items = [item for item in items if item is not None]
-    path = warc_path(self._directory, self._config.warc_prefix, shard, self._config.num_shards)
+    path = warc_path(self._directory, self._config.warc_prefix, shard, num_shards)
     if self._config.shard_layout == common.PER_INPUT:
-      captures = spill.merge_partition(sorted(set(items)), shard)
+      captures = spill.merge_partition(sorted(set(items)), SPILL_PARTITION)
     else:
       captures = iter(sorted(items))
     yield write_warc(path, self._config, (records for _, records in captures))
@@ -336,10 +360,12 @@ class FetchHost(beam.DoFn):
   Input: ``(origin, {"urls": [...], "seen": [(url, counted)], "state": [HostState]})``; ``seen``
   and ``urls`` hold one origin's URLs, at most ``--max_pages`` attempted ones.
   Outputs: outcomes (main), captures, links ``(origin, url)`` for the next round, and the
-  origin's ``HostState``. Captures are ``(shard, (url, warc bytes))``, or with ``spill_dir``
-  (the per_input layout) ``(shard, spill path)``: the call's captures are held until it ends
-  (one origin's pages of one round, bounded by ``--max_pages``; ``spill.write`` takes them as one
-  list, since it sorts them) and written to one spill file, :func:`spill_path`.
+  origin's ``HostState``. Captures are ``(origin hash, bytes, (url, warc bytes))``, or with
+  ``spill_dir`` (the per_input layout) one ``(origin hash, bytes, spill path)`` per call: the call's
+  captures are held until it ends (one origin's pages of one round, bounded by ``--max_pages``;
+  ``spill.write`` takes them as one list, since it sorts them) and written to one spill file,
+  :func:`spill_path`. ``bytes`` is the captures' WARC bytes in both layouts, what sizes the
+  WARC files (so both layouts choose the same count).
   """
 
   def __init__(self, config: CrawlConfig, depth: int, spill_dir: str | None = None):
@@ -356,7 +382,7 @@ class FetchHost(beam.DoFn):
     states = sorted(groups["state"], key=lambda s: s.last_request_at)
     fetcher = Fetcher(self._config.fetch, {origin: states[-1]} if states else None)
     budget = self._config.max_pages - sum(seen.values())
-    rows: list[spill.Row] = []  # The per_input layout's captures: (shard, url, warc bytes).
+    rows: list[spill.Row] = []  # The per_input layout's captures: (partition, url, warc bytes).
     for url in new_urls:
       if budget <= 0:
         yield _outcome(url, "max_pages", self._depth, origin)
@@ -364,16 +390,16 @@ class FetchHost(beam.DoFn):
       budget -= 1
       for output in self._fetch_one(fetcher, url, origin):
         if self._spill_dir is not None and getattr(output, "tag", None) == CAPTURES:
-          shard, (final_url, records) = output.value
-          rows.append((shard, final_url.encode("utf-8"), records))
+          _, _, (final_url, records) = output.value
+          rows.append((SPILL_PARTITION, final_url.encode("utf-8"), records))
         else:
           yield output
     if rows:
       path = spill_path(self._spill_dir, self._depth, origin)
-      index = spill.write(path, rows)
+      size = sum(len(records) for _, _, records in rows)
+      spill.write(path, rows)
       del rows
-      for shard in sorted(index["partitions"], key=int):
-        yield beam.pvalue.TaggedOutput(CAPTURES, (int(shard), path))
+      yield beam.pvalue.TaggedOutput(CAPTURES, (common.stable_hash(origin), size, path))
     if origin in fetcher.robots:
       state = HostState(fetcher.robots[origin], fetcher.last_request_at.get(origin, 0.0))
       yield beam.pvalue.TaggedOutput(STATES, (origin, state))
@@ -396,10 +422,10 @@ class FetchHost(beam.DoFn):
       raise
     except Exception as e:  # pylint: disable=broad-except
       return [_outcome(url, "fetch_error", self._depth, origin, detail=common.error_text(e))]
-    shard = common.stable_hash(origin) % self._config.num_shards
     return [
         _outcome(url, KEPT, self._depth, origin, final_url=exchange.url, bytes=len(exchange.body)),
-        beam.pvalue.TaggedOutput(CAPTURES, (shard, (exchange.url, capture))),
+        beam.pvalue.TaggedOutput(
+            CAPTURES, (common.stable_hash(origin), len(capture), (exchange.url, capture))),
         *(beam.pvalue.TaggedOutput(LINKS, (origin_of(link), link)) for link in links),
     ]
 
@@ -471,22 +497,38 @@ def _write_stats(directory: str, items: Iterable[tuple[str, int]]) -> dict[str, 
   return stats
 
 
+def warc_shard_count(captures, config: CrawlConfig):
+  """The number of WARC files, a one-element PCollection: ``--num_shards``, or from the bytes of
+  every capture (``common.shards_for`` with ``--target_warc_bytes``)."""
+  if config.num_shards:
+    return captures.pipeline | "FixedWarcCount" >> beam.Create([config.num_shards])
+  target = config.target_warc_bytes
+  return (captures
+          | "CaptureBytes" >> beam.Map(lambda capture: capture[1])
+          | "TotalCaptureBytes" >> beam.CombineGlobally(sum)
+          | "WarcCount" >> beam.Map(common.shards_for, target))
+
+
 def write_outputs(outcomes, captures, directory: str, config: CrawlConfig) -> None:
-  """WARC shards (empty ones too, so the file set depends only on num_shards), log and stats.
+  """WARC shards (empty ones too, so the file set depends only on the count), log and stats.
 
   Memory: ``GroupByShard`` holds every capture in the by_size layout and only spill paths in the
-  per_input one. The fetch log is one ``WriteSortedShards`` shard, so it holds one line per
-  attempted URL (a few hundred bytes each, not the pages) in both layouts; the counts are combined.
+  per_input one. The fetch log's ``WriteSortedShards`` groups one line per attempted URL (a few
+  hundred bytes each, not the pages) by its shard in both layouts; the counts are combined.
   """
-  p = outcomes.pipeline
-  empty = p | "AllShards" >> beam.Create([(i, None) for i in range(config.num_shards)])
+  count = warc_shard_count(captures, config)
+  num_shards = beam.pvalue.AsSingleton(count)
+  keyed = captures | "KeyByShard" >> beam.Map(
+      lambda capture, n: (capture[0] % n, capture[2]), num_shards)
+  empty = count | "AllShards" >> beam.FlatMap(lambda n: [(i, None) for i in range(n)])
   _ = (
-      (captures, empty)
+      (keyed, empty)
       | "FlattenShards" >> beam.Flatten()
       | "GroupByShard" >> beam.GroupByKey()
-      | "WriteWarc" >> beam.ParDo(WriteWarcShard(directory, config))
+      | "WriteWarc" >> beam.ParDo(WriteWarcShard(directory, config), num_shards)
   )
-  _ = outcomes | "WriteLog" >> common.WriteSortedShards(directory, FETCH_LOG_PREFIX, 1)
+  _ = outcomes | "WriteLog" >> common.WriteSortedShards(
+      directory, FETCH_LOG_PREFIX, config.num_fetch_log_shards, config.target_shard_bytes)
   counts = [
       outcomes
       | "CountIn" >> beam.combiners.Count.Globally()
@@ -501,6 +543,56 @@ def write_outputs(outcomes, captures, directory: str, config: CrawlConfig) -> No
       | "AllCounts" >> beam.combiners.ToList()
       | "WriteStats" >> beam.Map(lambda items: _write_stats(directory, items))
   )
+
+
+def fetch_log_pattern(directory: str) -> str:
+  """The glob of a crawl directory's fetch log shards (``common.shard_path`` names)."""
+  return FileSystems.join(directory, f"{FETCH_LOG_PREFIX}-*.jsonl")
+
+
+def _check_finished(directory: str) -> None:
+  """StageError unless the crawl that wrote ``directory`` finished (its ``_SUCCESS`` marker)."""
+  if not FileSystems.exists(FileSystems.join(directory, common.SUCCESS_MARKER)):
+    raise common.StageError(f"{directory} has no {common.SUCCESS_MARKER} marker: the crawl did "
+                            "not finish.")
+
+
+def fetch_log_files(directory: str) -> list[str]:
+  """Every shard of a finished crawl's fetch log, sorted; refused (StageError) unless the crawl
+  finished (``_SUCCESS``) and every shard its ``-of-NNNNN`` promises is there."""
+  directory = directory.rstrip("/")
+  _check_finished(directory)
+  pattern = fetch_log_pattern(directory)
+  files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+  if not files:
+    raise common.StageError(f"{directory}: no fetch log ({pattern}).")
+  common.check_shards_complete(files, f"{directory} fetch log")
+  return files
+
+
+def warc_files(directory: str) -> list[str]:
+  """Every WARC file of a finished crawl, sorted; refused (StageError) unless the crawl finished,
+  every file its ``-of-NNNNN`` promises is there and none is past that count, and all are of one
+  prefix (what extract reads a crawl with)."""
+  directory = directory.rstrip("/")
+  _check_finished(directory)
+  pattern = FileSystems.join(directory, f"*.{WARC_EXT}")
+  files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+  if not files:
+    raise common.StageError(f"{directory}: no WARC files ({pattern}).")
+  common.check_shards_complete(files, f"{directory} WARC files", sep=WARC_SEP)
+  prefixes = sorted({path.rsplit("/", 1)[-1].split(WARC_SEP, 1)[0] for path in files})
+  if len(prefixes) != 1:
+    raise common.StageError(f"{directory}: WARC files of several crawls (prefixes {prefixes}).")
+  return files
+
+
+def read_fetch_log(directory: str) -> Iterable[dict[str, Any]]:
+  """The fetch log's records, shard by shard (each sorted by URL), streamed."""
+  for path in fetch_log_files(directory):
+    with FileSystems.open(path) as f:
+      for line in f:
+        yield json.loads(line)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -544,7 +636,18 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
       "--same_host_only", action="store_true", help="Follow links on the page's own host only."
   )
-  parser.add_argument("--num_shards", type=int, default=1, help="Number of WARC files.")
+  parser.add_argument(
+      "--num_shards", type=int, default=0,
+      help="Number of WARC files (default 0: from the captures' bytes, see --target_warc_bytes).")
+  parser.add_argument(
+      "--target_warc_bytes", type=int, default=DEFAULT_TARGET_WARC_BYTES,
+      help="Bytes of WARC records per file when the file count comes from the data.")
+  parser.add_argument(
+      "--num_fetch_log_shards", type=int, default=0,
+      help="Number of fetch log shards (default 0: from the log's bytes, see --target_shard_bytes).")
+  parser.add_argument(
+      "--target_shard_bytes", type=int, default=common.DEFAULT_TARGET_SHARD_BYTES,
+      help="Bytes of JSON per fetch log shard when the shard count comes from the data.")
   parser.add_argument(
       "--warc_prefix", default="web", help="WARC file name prefix (= extract's source name)."
   )
@@ -586,11 +689,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Pipeline
 
 def config_from_args(args: argparse.Namespace, seeds: Sequence[str]) -> CrawlConfig:
   """Builds the config, refusing values that would make the crawl unbounded or impolite."""
-  for name in ("max_depth", "max_redirects", "max_retries", "min_delay", "backoff"):
+  for name in ("max_depth", "max_redirects", "max_retries", "min_delay", "backoff", "num_shards",
+               "num_fetch_log_shards"):
     if getattr(args, name) < 0:
       raise common.StageError(f"--{name} must not be negative, got {getattr(args, name)}.")
-  for name in ("max_pages", "num_shards", "max_body_bytes", "max_robots_bytes", "connect_timeout",
-               "read_timeout", "total_timeout", "max_decompression_ratio"):
+  for name in ("max_pages", "target_warc_bytes", "target_shard_bytes", "max_body_bytes",
+               "max_robots_bytes", "connect_timeout", "read_timeout", "total_timeout",
+               "max_decompression_ratio"):
     if getattr(args, name) <= 0:
       raise common.StageError(f"--{name} must be positive, got {getattr(args, name)}.")
   if "." in args.warc_prefix or "/" in args.warc_prefix or not args.warc_prefix:
@@ -623,6 +728,9 @@ def config_from_args(args: argparse.Namespace, seeds: Sequence[str]) -> CrawlCon
       max_pages=args.max_pages,
       same_host_only=args.same_host_only,
       num_shards=args.num_shards,
+      target_warc_bytes=args.target_warc_bytes,
+      num_fetch_log_shards=args.num_fetch_log_shards,
+      target_shard_bytes=args.target_shard_bytes,
       warc_prefix=args.warc_prefix,
       shard_layout=args.shard_layout,
   )

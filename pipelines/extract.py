@@ -37,7 +37,7 @@ from py3langid.langid import MODEL_FILE, LanguageIdentifier
 from warcio.archiveiterator import ArchiveIterator
 from warcio.recordloader import ArcWarcRecordLoader
 
-from pipelines import common, shardwise, text_utils
+from pipelines import common, crawl, shardwise, text_utils
 from pipelines.quality import add_config_flags, config_from_args
 
 STAGE = "extract"
@@ -303,7 +303,13 @@ def call_with_timeout(fn, timeout_s: float, *args):
 
 
 def warc_input_files(input_path: str) -> list[str]:
-  """WARC/WET files of a directory, or the files matching a pattern, sorted."""
+  """WARC/WET files of a directory, or the files matching a pattern, sorted.
+
+  A crawl's output directory (it holds the crawl's fetch log) is read through
+  ``crawl.warc_files``, which refuses an unfinished crawl or one with a promised file missing.
+  """
+  if FileSystems.match([crawl.fetch_log_pattern(input_path)])[0].metadata_list:
+    return crawl.warc_files(input_path)
   patterns = [input_path]
   if FileSystems.match([input_path.rstrip("/") + "/*"])[0].metadata_list:
     patterns = [FileSystems.join(input_path, p) for p in ("*.warc", "*.warc.gz", "*.wet", "*.wet.gz")]

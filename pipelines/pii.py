@@ -17,9 +17,13 @@ CREDIT_CARD    13-19 digits (spaces/dashes), known IIN prefix and length, Luhn c
 SSN            US ``AAA-GG-SSSS`` with the SSA validity rules; 9 bare digits only next to
                an SSN keyword
 IBAN           country code + check digits + BBAN, country length table, ISO 7064 mod-97
-SECRET         AWS key ids (AKIA/ASIA), AWS secret keys in context, GitHub, Slack and
-               Google API tokens, PEM private keys, high-entropy ``api_key=``/``token:``
-               values (only the value is redacted, the key name stays)
+SECRET         vendor key formats from the detect-secrets plugins (AWS, GitHub, GitLab, Slack
+               tokens and webhooks, Stripe, SendGrid, Twilio, JWT, npm, PyPI, OpenAI,
+               Discord, Telegram, Mailchimp, Square, Azure storage, Artifactory,
+               ``://user:password@`` URLs, private-key blocks: PEM, OpenSSH, PGP, SSH2, PuTTY);
+               own patterns for GitHub fine-grained and Google API tokens, any PEM label, AWS
+               secret keys in context, high-entropy ``api_key=``/``token:`` values (only the
+               value is redacted, the key name stays)
 =============  =========================================================================
 
 Tag-then-filter: every document gets ``doc["pii"] = {type: count}`` and its text redacted;
@@ -34,14 +38,20 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import importlib
+import inspect
 import ipaddress
 import math
+import pkgutil
 import re
+import re._parser as _sre
 import sys
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+import detect_secrets.plugins
+from detect_secrets.plugins.base import RegexBasedDetector
 import phonenumbers
 
 from pipelines import common
@@ -369,18 +379,164 @@ def _find_ibans(text: str) -> Iterator[Match]:
 
 # ----------------------------------------------------------------------------- secrets
 
-# Each token pattern (case-sensitive) with the literals one of which every match contains: a
-# pattern is only run on texts that hold one (a substring test is far cheaper than the scan).
+# Vendor key formats come from the detect-secrets plugins (Yelp; pinned): its regex-based plugins
+# but these. IPPublicDetector: public IPs are IP_ADDRESS, with a stricter check. The IBM Cloud IAM,
+# IBM COS HMAC, Cloudant and SoftLayer plugins match a key name and then a value
+# (IbmCloudIamDetector's vendor prefix is optional: any ``key: <44 characters>``), which is the
+# key-name rule below with no randomness check; gated only by a key word (``key``, ``pass``...)
+# they also took 2/3 of the SECRET detector's time on the sample (and a Cloudant URL is a
+# BasicAuthDetector hit anyway).
+# The keyword and high-entropy-string plugins are not regex-based and not used either: on prose
+# they flag every long word.
+_NOT_SECRET_PLUGINS = frozenset({
+    "IPPublicDetector", "IbmCloudIamDetector", "IbmCosHmacDetector", "CloudantDetector",
+    "SoftlayerDetector",
+})
+# Plugins whose patterns capture the secret in group 1 next to a key name or inside a URL
+# (``aws…key "…"``, ``://user:<password>@``, ``//registry/:_authToken=<token>``): the value is
+# redacted, the context stays. In GitHubTokenDetector and GitLabTokenDetector a group holds the
+# vendor prefix (``(ghp|gho|…)_``), so there, as in every group-less pattern, the whole match is
+# the secret. tests/test_pii.py checks that every pattern with a group is in one of the two sets.
+_VALUE_GROUP_PLUGINS = frozenset({"AWSKeyDetector", "BasicAuthDetector", "NpmDetector"})
+_PREFIX_GROUP_PLUGINS = frozenset({"GitHubTokenDetector", "GitLabTokenDetector"})
+# PrivateKeyDetector's patterns match a key's header (``BEGIN RSA PRIVATE KEY``); the secret is
+# the block that the header opens (:func:`_key_block`).
+_KEY_HEADER_PLUGIN = "PrivateKeyDetector"
+
+
+class SecretPattern(NamedTuple):
+  """One detect-secrets pattern, with how its hits become spans and the pre-check that gates it."""
+
+  plugin: str  # Class name, e.g. "StripeDetector".
+  regex: re.Pattern
+  value_group: int  # 1: the secret is group 1; 0: the whole match (token or key header).
+  literals: tuple[str, ...]  # Every match holds one of these; () when none could be derived.
+  folded: bool  # The literals are casefolded (an IGNORECASE pattern): test them on folded text.
+
+
+def _leading_literal(items) -> str:
+  out = []
+  for op, av in items:
+    if op is not _sre.LITERAL:
+      break
+    out.append(chr(av))
+  return "".join(out)
+
+
+def _required_literals(regex: re.Pattern) -> tuple[str, ...]:
+  """Literals one of which every match of ``regex`` contains, read off its parse tree: the
+  longest run of literal characters outside repeats, or a run followed by an alternation
+  (``(?:AKIA|ASIA)``, ``gl(?:pat|dt)``) as one literal per branch; () when there is none of at
+  least two characters (the pattern is then always run), and () when the parse fails (the parser
+  is CPython's private ``re._parser``; tests/test_pii.py pins which patterns get a gate)."""
+  best: tuple[str, ...] = ()
+
+  def consider(candidate: tuple[str, ...]) -> None:
+    nonlocal best
+    if all(candidate) and (not best or min(map(len, candidate)) > min(map(len, best))):
+      best = candidate
+
+  def walk(items, run: str) -> None:
+    for op, av in items:
+      if op is _sre.LITERAL:
+        run += chr(av)
+        continue
+      if op is _sre.BRANCH:
+        consider(tuple(run + _leading_literal(branch) for branch in av[1]))
+      elif op is _sre.SUBPATTERN and not av[1] and not av[2]:  # A group with no flags of its own.
+        walk(av[3], run)
+      consider((run,))
+      run = ""
+    consider((run,))
+
+  try:  # re._parser is private: if it changes, gate nothing (always run: correct, only slower).
+    walk(_sre.parse(regex.pattern, regex.flags), "")
+  except Exception:  # noqa: BLE001 - any failure of the private parser means "no gate".
+    return ()
+  if regex.flags & re.IGNORECASE:
+    best = tuple(literal.casefold() for literal in best)
+  return best if best and min(map(len, best)) >= 2 else ()  # One character gates nothing.
+
+
+def _fold(text: str) -> str:
+  # casefold() maps every character that (?i) matches to an ASCII letter onto that letter (the
+  # Kelvin sign and long s included), except the dotless i, which (?i) matches to "i".
+  return text.casefold().replace("\u0131", "i")
+
+
+def _vendor_patterns() -> tuple[SecretPattern, ...]:
+  plugins = []
+  for module in pkgutil.iter_modules(detect_secrets.plugins.__path__):
+    for _, cls in inspect.getmembers(importlib.import_module(f"detect_secrets.plugins.{module.name}"),
+                                     inspect.isclass):
+      if (issubclass(cls, RegexBasedDetector) and cls is not RegexBasedDetector
+          and cls.__module__ == f"detect_secrets.plugins.{module.name}"
+          and cls.__name__ not in _NOT_SECRET_PLUGINS):
+        plugins.append(cls)
+  out = []
+  for cls in sorted(plugins, key=lambda c: c.__name__):
+    for regex in cls().denylist:
+      value_group = 1 if cls.__name__ in _VALUE_GROUP_PLUGINS and regex.groups else 0
+      out.append(SecretPattern(cls.__name__, regex, value_group, _required_literals(regex),
+                               bool(regex.flags & re.IGNORECASE)))
+  return tuple(out)
+
+
+_VENDOR_PATTERNS = _vendor_patterns()
+
+# The project's own patterns, for formats the library has no plugin for (case-sensitive; each with
+# the literals one of which every match contains).
 _SECRET_RES = (
-    (("AKIA", "ASIA"), re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])")),
-    (("gh",), re.compile(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,255}(?![A-Za-z0-9_])")),
     (("github_pat_",),
      re.compile(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,255}(?![A-Za-z0-9_])")),
-    (("xox",), re.compile(r"(?<![A-Za-z0-9-])xox[abposr]-[A-Za-z0-9-]{10,}(?![A-Za-z0-9-])")),
     (("AIza",), re.compile(r"(?<![A-Za-z0-9_-])AIza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])")),
+    # Any PEM label (``ENCRYPTED PRIVATE KEY`` has no detect-secrets header pattern).
     (("PRIVATE KEY-----",), re.compile(
         r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----[\s\S]*?-----END \1PRIVATE KEY-----"
     )),
+)
+# Characters a token can go on with after a library pattern stops (JWT's lazy signature, GitHub's
+# fixed 36, Stripe's fixed 24: longer keys exist), and context characters some patterns include
+# (ArtifactoryDetector's ``(?:\s|=|:|"|^)…(?:\s|"|$)``).
+_TOKEN_TAIL_RE = re.compile(r"[A-Za-z0-9_\-+/=.]*")
+# Fixed-length tokens are not extended over a ``/``: an AWS key id is exactly 20 characters and
+# the ``/`` would take a SigV4 ``Credential=AKIA…/20130524/us-east-1/s3/aws4_request`` scope with
+# it; a Telegram token is followed by the Bot API method (``…/sendMessage``).
+_FIXED_LENGTH_PLUGINS = frozenset({"AWSKeyDetector", "TelegramBotTokenDetector"})
+_FIXED_TOKEN_TAIL_RE = re.compile(r"[A-Za-z0-9_\-+=.]*")
+# TelegramBotTokenDetector's ``\d{8,10}:…``: in the Bot API's URL form the token follows ``bot``
+# (``https://api.telegram.org/bot123456789:AAH…/sendMessage``), so a start right after ``bot`` is
+# not a start inside a longer word.
+_TOKEN_PREFIXES = {"TelegramBotTokenDetector": "bot"}
+# ArtifactoryDetector's ``AKC…``/``AP[0-9A-F]…`` patterns also match words (``APEXLegends``,
+# ``APACHE2License``); Artifactory API keys and encrypted passwords are long random strings, so
+# its spans must be at least this long and pass _looks_random.
+_ARTIFACTORY_MIN_LEN = 20
+_CONTEXT_CHARS = " \t\r\n\"'=:."
+# A key's body after its header line, so that a key with no END line does not take the prose after
+# it: ``Name: value`` header lines (PGP's ``Version: GnuPG``, PuTTY's ``Encryption: none``) only
+# before the first base64 line, then one optional blank line (PGP armour's), then base64 lines of
+# 16+ characters and PuTTY's ``Private-Lines: 14``/``Private-MAC: …`` lines. A shorter line (the
+# last of a base64 run) is taken only where a body goes on after it (an END line, PuTTY's
+# ``Private-…`` line, PGP's ``=Xb4Q`` checksum) or, as the body's very last line, when it is
+# padded (``…AB==``) or is the checksum. The body ends at the first blank or other line: prose
+# words are not base64 lines of 16+ characters and end in no ``=``.
+_KEY_LINE = r"\r?\n[ \t]*(?:{})[ \t\r]*(?=\n|\Z)"
+_KEY_BODY_GOES_ON = (r"(?=\r?\n[ \t]*(?:-*[ ]?END |Private-(?:Lines|MAC|Hash): "
+                     r"|=[A-Za-z0-9+/]{4}[ \t\r]*(?:\n|\Z)))")
+_KEY_BODY_RE = re.compile(
+    "(?:" + _KEY_LINE.format(r"[A-Za-z][A-Za-z0-9-]*: [^\n]*") + ")*"
+    r"(?:\r?\n[ \t\r]*(?=\n))?"
+    "(?:" + _KEY_LINE.format(r"[A-Za-z0-9+/=]{16,}|(?:Public|Private)-Lines: \d+"
+                             r"|Private-(?:MAC|Hash): [0-9A-Fa-f]+")
+    + "|" + _KEY_LINE.format(r"[A-Za-z0-9+/=]{1,15}") + _KEY_BODY_GOES_ON + ")*"
+    "(?:" + _KEY_LINE.format(r"[A-Za-z0-9+/]*={1,2}|=[A-Za-z0-9+/]{4}") + ")?"
+)
+# Placeholders that docs put in ``scheme://user:<password>@host``: a URL password is redacted
+# unless it is one of these (no randomness test: real passwords are often words with digits).
+_URL_PASSWORD_PLACEHOLDER_RE = re.compile(
+    r"(?i)(?:password|passwd|pass|pwd|pw|secret|changeme|foo|bar|baz|x+|\*+|<[^>]*>|\$\{[^}]*\}"
+    r"|%s|\{[^}]*\})"
 )
 # Values after a key name: group 1 is the value that gets redacted.
 _AWS_SECRET_RE = re.compile(
@@ -422,14 +578,100 @@ def _looks_random(value: str) -> bool:
   return len(value) >= 24 and shannon_entropy(value) >= 4.0 and 0.25 <= upper <= 0.75
 
 
+def _token_span(plugin: str, text: str, m: re.Match) -> tuple[int, int] | None:
+  """A whole-match token's span: context characters off, the rest of the token on (not over a
+  ``/`` for fixed-length ones); None when it starts inside a longer word (``xAKIA…``: the
+  library's patterns have no left boundary) other than the plugin's known prefix (``bot`` for
+  Telegram)."""
+  start, end = m.start(), m.end()
+  while start < end and text[start] in _CONTEXT_CHARS:
+    start += 1
+  while end > start and text[end - 1] in _CONTEXT_CHARS:
+    end -= 1
+  if start == end:
+    return None
+  prefix = _TOKEN_PREFIXES.get(plugin)
+  if start and text[start - 1].isalnum() and not (prefix and text.endswith(prefix, 0, start)):
+    return None
+  tail = _FIXED_TOKEN_TAIL_RE if plugin in _FIXED_LENGTH_PLUGINS else _TOKEN_TAIL_RE
+  end = tail.match(text, end).end()
+  while text[end - 1] == ".":  # A sentence's full stop, not the token's.
+    end -= 1
+  return start, end
+
+
+def _key_block(text: str, m: re.Match) -> tuple[int, int] | None:
+  """The span of the key whose header ``m`` matched: from the header's dashes through its
+  ``END …`` line, or through its body when the END line is missing (a key cut off in a post);
+  None for a header with no key body after it (prose naming the format)."""
+  start = m.start()
+  if text[max(0, start - 2):start] == "- ":  # SSH2's "---- BEGIN".
+    start -= 1
+  while start and text[start - 1] == "-":
+    start -= 1
+  line_end = text.find("\n", m.end())
+  if line_end < 0:
+    return None
+  body = _KEY_BODY_RE.match(text, line_end)
+  if not body or not re.search(r"[A-Za-z0-9+/=]{16,}", body.group()):
+    return None
+  end = body.end()
+  label = m.group().removeprefix("BEGIN ")
+  if label != m.group():
+    closing = re.compile(r"\s*-*[ ]?END " + re.escape(label) + r"[ -]*").match(text, end)
+    end = closing.end() if closing else end
+  while text[end - 1].isspace():
+    end -= 1
+  return start, end
+
+
+def _vendor_span(pattern: SecretPattern, text: str, m: re.Match) -> tuple[int, int] | None:
+  if pattern.plugin == _KEY_HEADER_PLUGIN:
+    return _key_block(text, m)
+  if pattern.value_group:
+    start, end = m.span(pattern.value_group)
+    while start < end and text[start] in _CONTEXT_CHARS:
+      start += 1
+    while end > start and text[end - 1] in _CONTEXT_CHARS:
+      end -= 1
+    # A value ends at its first whitespace (NpmDetector's ``npm_.+`` takes a trailing comment).
+    space = re.search(r"\s", text[start:end])
+    end = start + space.start() if space else end
+    if start == end:
+      return None
+    value = text[start:end]
+    if pattern.plugin == "BasicAuthDetector":
+      # Docs write ``http://user:password@host``; a real password need not look random.
+      return None if _URL_PASSWORD_PLACEHOLDER_RE.fullmatch(value) else (start, end)
+    return (start, end) if _looks_random(value) else None
+  span = _token_span(pattern.plugin, text, m)
+  if span and pattern.plugin == "ArtifactoryDetector":
+    token = text[span[0]:span[1]]
+    if len(token) < _ARTIFACTORY_MIN_LEN or not _looks_random(token):
+      return None
+  return span
+
+
+def _vendor_matches(pattern: SecretPattern, text: str) -> Iterator[Match]:
+  """``pattern``'s hits in ``text``, ungated."""
+  for m in pattern.regex.finditer(text):
+    span = _vendor_span(pattern, text, m)
+    if span:
+      yield Match(SECRET, span[0], span[1], text[span[0]:span[1]])
+
+
 def _find_secrets(text: str) -> Iterator[Match]:
-  for literals, pattern in _SECRET_RES:
+  folded = _fold(text)
+  for pattern in _VENDOR_PATTERNS:
+    # A substring test per pattern is far cheaper than its scan; most texts hold no literal.
+    haystack = folded if pattern.folded else text
+    if not pattern.literals or any(literal in haystack for literal in pattern.literals):
+      yield from _vendor_matches(pattern, text)
+  for literals, regex in _SECRET_RES:
     if any(literal in text for literal in literals):
-      for m in pattern.finditer(text):
+      for m in regex.finditer(text):
         yield Match(SECRET, m.start(), m.end(), m.group())
-  # casefold() maps every character that (?i) matches to an ASCII letter other than "i" onto that
-  # letter (the Kelvin sign and long s included), so key words without an "i" are found here.
-  folded = text.casefold()
+  # Key words are found in the casefolded text (see _fold).
   if "aws" in folded:
     for m in _AWS_SECRET_RE.finditer(text):
       yield Match(SECRET, m.start(1), m.end(1), m.group(1))

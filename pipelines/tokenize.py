@@ -2,7 +2,8 @@
 
     python -m pipelines.tokenize --input=<dedupe dir> --tokenizer=<tokenizer.model> \
         --output_dir=<data_dir> [--validation_fraction=0.05] [--num_shards=N] \
-        [--shard_layout=by_size|per_input]
+        [--num_validation_shards=N] [--num_reject_shards=N] [--target_shard_bytes=B] \
+        [--shard_multiple=4] [--shard_layout=by_size|per_input]
 
 For each source ``S`` the job writes ``<data_dir>/cache/gf_<S>/`` exactly as seqio's
 ``cache_tasks_main`` does, so ``seqio.Task.get_dataset(use_cached=True)`` reads it:
@@ -54,6 +55,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import re
 import sys
 from typing import Any, Iterable, Sequence
@@ -390,7 +392,8 @@ def tokenize(
     output_dir: str,
     validation_fraction: float = 0.05,
     num_shards: int = 0,
-    num_validation_shards: int = 1,
+    num_validation_shards: int = 0,
+    num_reject_shards: int = 0,
     target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES,
     shard_multiple: int = 4,
     tiers: dict[str, str] | None = None,
@@ -403,22 +406,28 @@ def tokenize(
   """Runs the job and returns its stats.json record.
 
   ``num_threads`` is SentencePiece's threads per batch-encode call (-1: one per core).
-  ``num_shards=0`` derives the train shard count from the input: :func:`train_shard_count`.
+  ``num_shards=0`` derives the train shard count from the input: :func:`train_shard_count`;
+  ``num_validation_shards=0`` the validation one (:func:`validation_shard_count`) and
+  ``num_reject_shards=0`` the rejects' (from their bytes, as ``common.WriteSortedShards`` does).
   ``shard_layout``: how documents reach their shard, not what is written (the same bytes either
   way): ``by_size`` through a Beam shuffle, ``per_input`` through spill files
   (pipelines/tokenize_shardwise.py), so a local run's memory does not grow with the input.
   """
   if not 0.0 <= validation_fraction < 1.0:
     raise common.StageError(f"--validation_fraction must be in [0, 1), got {validation_fraction}.")
-  if num_shards < 0 or num_validation_shards < 1 or shard_multiple < 1:
-    raise common.StageError("--num_shards must be at least 1 (or 0: from the input), "
-                            "--num_validation_shards and --shard_multiple at least 1.")
+  if min(num_shards, num_validation_shards, num_reject_shards) < 0 or shard_multiple < 1:
+    raise common.StageError("--num_shards, --num_validation_shards and --num_reject_shards must be "
+                            "at least 1 (or 0: from the data), --shard_multiple at least 1.")
   if shard_layout not in common.SHARD_LAYOUTS:
     raise common.StageError(
         f"--shard_layout must be one of {common.SHARD_LAYOUTS}, got {shard_layout!r}.")
-  if not num_shards:
-    num_shards = train_shard_count(common.stage_input_files(input_path), target_shard_bytes,
-                                   shard_multiple)
+  if target_shard_bytes < 1:
+    raise common.StageError(f"--target_shard_bytes must be positive, got {target_shard_bytes}.")
+  if not num_shards or not num_validation_shards:
+    files = common.stage_input_files(input_path)
+    num_shards = num_shards or train_shard_count(files, target_shard_bytes, shard_multiple)
+    num_validation_shards = num_validation_shards or validation_shard_count(
+        files, validation_fraction, target_shard_bytes)
   tiers = DEFAULT_TIERS if tiers is None else tiers
   model_proto = train_tokenizer.read_tokenizer(tokenizer)
   try:  # Decoding, chat and the Tasks need every special piece: refuse before any work.
@@ -437,10 +446,12 @@ def tokenize(
     spills = None
     if shard_layout == common.PER_INPUT:
       from pipelines import tokenize_shardwise  # pylint: disable=import-outside-toplevel
-      spills = tokenize_shardwise.SpillJob(input_path, tmp_dir, shards, encode, batch_size)
+      spills = tokenize_shardwise.SpillJob(input_path, tmp_dir, shards, encode, batch_size,
+                                           num_reject_shards, target_shard_bytes)
     with beam.Pipeline(options=options or PipelineOptions()) as p:
       if spills is None:
-        written, counts = _encode_and_write(p, input_path, tmp_dir, shards, encode, batch_size)
+        written, counts = _encode_and_write(p, input_path, tmp_dir, shards, encode, batch_size,
+                                            num_reject_shards, target_shard_bytes)
       else:
         written, counts = spills.expand(p)
       _finish(written, counts, tmp_dir, shards, model_proto, validation_fraction, tiers, default_tier)
@@ -452,11 +463,12 @@ def tokenize(
 
 
 def _encode_and_write(p, input_path: str, tmp_dir: str, shards: dict[str, int], encode: EncodeDocs,
-                      batch_size: int):
+                      batch_size: int, num_reject_shards: int, target_shard_bytes: int):
   """The default layout: documents grouped by (task, split, shard) through a Beam shuffle.
 
   Returns ``WriteShard``'s ``(task, shard counts)`` and the job's ``(name, n)`` count PCollections
-  (``in``, ``kept``, ``dropped.<reason>``); writes the rejects.
+  (``in``, ``kept``, ``dropped.<reason>``); writes the rejects (``num_reject_shards``, 0: from
+  their bytes).
   """
   cache_dir = FileSystems.join(tmp_dir, CACHE_DIR)
   parsed = p | "Read" >> common.ReadDocs(input_path, STAGE)
@@ -468,8 +480,8 @@ def _encode_and_write(p, input_path: str, tmp_dir: str, shards: dict[str, int], 
   )
   rejects = (parsed[common.REJECTS_TAG], encoded[common.REJECTS_TAG]) | "AllRejects" >> beam.Flatten()
   _ = rejects | "WriteRejects" >> common.WriteSortedShards(
-      FileSystems.join(tmp_dir, common.REJECTS_DIR), common.REJECTS_TAG, 1
-  )
+      FileSystems.join(tmp_dir, common.REJECTS_DIR), common.REJECTS_TAG, num_reject_shards,
+      target_shard_bytes)
   written = (
       encoded.kept
       | "GroupByShard" >> beam.GroupByKey()
@@ -524,6 +536,16 @@ def train_shard_count(input_files: Sequence[str], target_shard_bytes: int, shard
   return -(-shards // shard_multiple) * shard_multiple
 
 
+def validation_shard_count(input_files: Sequence[str], validation_fraction: float,
+                           target_shard_bytes: int) -> int:
+  """Validation shards for ~``target_shard_bytes`` each of the split's share of the input: the
+  split takes a document when its id hashes below ``validation_fraction`` of the range
+  (:func:`assign_split`), so about that fraction of the bytes; at least 1. Not rounded to the
+  shard multiple: evaluation reads the split whole."""
+  share = math.ceil(common.total_bytes(input_files) * validation_fraction)
+  return common.shards_for(share, target_shard_bytes)
+
+
 def _write_sources(entries, directory, model_proto, validation_fraction, shards):
   sp = train_tokenizer.check_tokenizer(model_proto, TOKENIZER_FILE)
   record = {
@@ -560,7 +582,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Pipeline
   def add_args(parser):
     parser.add_argument("--tokenizer", required=True, help="tokenizer.model to encode with.")
     parser.add_argument("--validation_fraction", type=float, default=0.05)
-    parser.add_argument("--num_validation_shards", type=int, default=1)
+    parser.add_argument(
+        "--num_validation_shards", type=int, default=0,
+        help="Validation shards (default 0: from the data, the split's share of the input over "
+        "--target_shard_bytes).")
     parser.add_argument(
         "--shard_multiple", type=int, default=4,
         help="With --num_shards=0, round the train shard count up to a multiple of this (the "
@@ -587,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       validation_fraction=args.validation_fraction,
       num_shards=args.num_shards,
       num_validation_shards=args.num_validation_shards,
+      num_reject_shards=args.num_reject_shards,
       target_shard_bytes=args.target_shard_bytes,
       shard_multiple=args.shard_multiple,
       tiers=parse_tiers(args.tiers),

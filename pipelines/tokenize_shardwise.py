@@ -10,12 +10,14 @@ shuffle, which Beam's local runner holds in memory, so a local run's peak grows 
    writes *one* spill file holding that file's records: partition = ``(split, shard)``
    (:func:`partition_of`), key = ``task NUL id``, value = ``(source, num_tokens, Example)``
    (:func:`encode_value`); the file's rejects go to one more partition, key = id, value = the
-   reject line. It emits the partitions its file holds and its counts.
+   reject line. It emits the partitions its file holds and its counts, among them the rejects'
+   line bytes (:data:`REJECT_BYTES`, what ``common.WriteSortedShards`` sums for its shard count).
 2. one DoFn call per partition streams :func:`spill.merge_partition` over the spill files that hold
    it straight into the TFRecord writer (``tokenize.write_shard``, the default layout's writer and
-   counts), one task after the other; the rejects partition becomes the one rejects shard the
-   default layout writes. Nothing holds a shard: a worker holds one input file's records in step 1
-   and one record per spill file in step 2.
+   counts), one task after the other; the rejects partition becomes the default layout's rejects
+   shards (``common.write_merged_rows``: their count from the summed bytes, each record streamed
+   to its shard's file, all of them open). Nothing holds a shard: a worker holds one input file's
+   records in step 1 and one record per spill file in step 2.
 
 The task names come from the documents' sources, so they are only known after encoding; that is
 why a partition is a ``(split, shard)`` of every task and the task leads the key, not a partition
@@ -50,6 +52,8 @@ from pipelines import tokenize
 
 SPILL_DIR = "_spill"  # Under the job's temporary output directory, never in the final output.
 COUNTS_TAG = "counts"
+# A step-1 count that is not a stat: the rejects' line bytes, from which their shard count comes.
+REJECT_BYTES = "_reject_bytes"
 _NUM_TOKENS = struct.Struct(">Q")
 
 
@@ -161,6 +165,7 @@ class SpillInputFile(beam.DoFn):
     doc_id, line = common.encode_row(output.value)
     rows.append((rejects_partition(self._shards), doc_id.encode("utf-8"), line.encode("utf-8")))
     counts["dropped." + output.value["reason"]] += 1
+    counts[REJECT_BYTES] += common.line_bytes(line)
 
   def finish_bundle(self):
     self._progress.finish_bundle()
@@ -175,19 +180,25 @@ class SpillInputFile(beam.DoFn):
 
 class MergePartition(beam.DoFn):
   """``(partition, spill paths)`` -> the partition's TFRecord shards (one per task), emitting
-  ``(task, shard counts)`` as ``tokenize.WriteShard`` does; or the rejects shard."""
+  ``(task, shard counts)`` as ``tokenize.WriteShard`` does; or the rejects shards, whose count is
+  ``num_reject_shards`` or (0) from ``reject_bytes``, the side input of :func:`split_reject_bytes`."""
 
-  def __init__(self, cache_dir: str, rejects_dir: str, shards: dict[str, int]):
+  def __init__(self, cache_dir: str, rejects_dir: str, shards: dict[str, int],
+               num_reject_shards: int = 0,
+               target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES):
     self._cache_dir = cache_dir
     self._rejects_dir = rejects_dir
     self._shards = shards
+    self._num_reject_shards = num_reject_shards
+    self._target_shard_bytes = target_shard_bytes
 
-  def process(self, element: tuple[int, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+  def process(self, element: tuple[int, Any], reject_bytes: int | None = None
+              ) -> Iterator[tuple[str, dict[str, Any]]]:
     partition, paths = element
     paths = sorted({path for path in paths if path is not None})
     merged = spill.merge_partition(paths, partition)
     if partition == rejects_partition(self._shards):
-      self._write_rejects(merged)
+      self._write_rejects(merged, reject_bytes)
       return
     split, shard = split_and_shard(partition, self._shards)
     records = (_shard_record(key, value) for key, value in merged)
@@ -195,13 +206,26 @@ class MergePartition(beam.DoFn):
       yield task, tokenize.write_shard(self._cache_dir, task, split, shard, self._shards[split],
                                        (record for _, record in task_records))
 
-  def _write_rejects(self, merged: Iterator[tuple[bytes, bytes]]) -> None:
-    """The default layout's single rejects shard (``common.WriteSortedShards`` with one shard):
-    its rows sorted by (id, line), which the merge's (key, value) order is."""
-    path = common.shard_path(self._rejects_dir, common.REJECTS_TAG, 0, 1)
-    with FileSystems.create(path) as f:
-      for _, line in merged:
-        f.write(line + b"\n")
+  def _write_rejects(self, merged: Iterator[tuple[bytes, bytes]], reject_bytes: int | None) -> None:
+    """The default layout's rejects shards (``common.WriteSortedShards``): the same count from the
+    same bytes, and rows in (id, line) order, which the merge's (key, value) order is."""
+    if not self._num_reject_shards and reject_bytes is None:
+      raise common.StageError("The rejects partition needs the rejects' bytes (or a fixed count) "
+                              "for its shard count.")
+    num_shards = self._num_reject_shards or common.shards_for(reject_bytes, self._target_shard_bytes)
+    common.write_merged_rows(self._rejects_dir, common.REJECTS_TAG, num_shards,
+                             ((key.decode("utf-8"), line) for key, line in merged))
+
+
+def split_reject_bytes(counts):
+  """Summed ``(name, n)`` counts -> ``(the stats' counts, the rejects' line bytes as a singleton
+  side input)``: :data:`REJECT_BYTES` is not a stat (the default layout has none)."""
+  stats = counts | "StatCounts" >> beam.Filter(lambda item: item[0] != REJECT_BYTES)
+  total = (counts
+           | "RejectBytes" >> beam.Filter(lambda item: item[0] == REJECT_BYTES)
+           | "RejectByteValues" >> beam.Values()
+           | "TotalRejectBytes" >> beam.CombineGlobally(sum))
+  return stats, beam.pvalue.AsSingleton(total)
 
 
 def _shard_record(key: bytes, value: bytes) -> tuple[str, tokenize.ShardRecord]:
@@ -216,7 +240,8 @@ class SpillJob:
   """Builds the per-input layout's half of ``tokenize.tokenize`` and removes its spill files."""
 
   def __init__(self, input_path: str, tmp_dir: str, shards: dict[str, int],
-               encode: tokenize.EncodeDocs, batch_size: int):
+               encode: tokenize.EncodeDocs, batch_size: int, num_reject_shards: int = 0,
+               target_shard_bytes: int = common.DEFAULT_TARGET_SHARD_BYTES):
     self._input_path = input_path
     self._files = common.stage_input_files(input_path)  # Every promised shard present.
     self._expected = common.expected_kept(input_path)
@@ -225,6 +250,8 @@ class SpillJob:
     self._shards = shards
     self._encode = encode
     self._batch_size = batch_size
+    self._num_reject_shards = num_reject_shards
+    self._target_shard_bytes = target_shard_bytes
 
   def expand(self, p):
     """``(written, counts)`` as ``tokenize._encode_and_write`` returns them; writes the rejects."""
@@ -238,7 +265,9 @@ class SpillJob:
             self._encode, self._shards, self._spill_dir, len(self._files), self._batch_size,
         )).with_outputs(COUNTS_TAG, main="partitions")
     )
-    # The rejects shard is written even when no file has a reject, as in the default layout.
+    counts, reject_bytes = split_reject_bytes(
+        spilled[COUNTS_TAG] | "SumCounts" >> beam.CombinePerKey(sum))
+    # The rejects shards are written even when no file has a reject, as in the default layout.
     always = p | "RejectsPartition" >> beam.Create([(rejects_partition(self._shards), None)])
     written = (
         (spilled.partitions, always)
@@ -247,9 +276,9 @@ class SpillJob:
         | "SpillsByPartition" >> beam.GroupByKey()
         | "MergePartition" >> beam.ParDo(MergePartition(
             FileSystems.join(self._tmp_dir, tokenize.CACHE_DIR),
-            FileSystems.join(self._tmp_dir, common.REJECTS_DIR), self._shards))
+            FileSystems.join(self._tmp_dir, common.REJECTS_DIR), self._shards,
+            self._num_reject_shards, self._target_shard_bytes), reject_bytes=reject_bytes)
     )
-    counts = spilled[COUNTS_TAG] | "SumCounts" >> beam.CombinePerKey(sum)
     if self._expected is not None:  # A truncated or replaced input shard (the default reader's check).
       _ = (counts
            | "CountsForCheck" >> beam.combiners.ToList()

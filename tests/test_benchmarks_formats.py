@@ -97,6 +97,20 @@ def test_few_shot_is_seeded_order_independent_and_checked():
   assert context == "Intro\n\nQ1 A1\n\nQ2 A2\n\nQ3"
 
 
+def test_chat_messages_are_lm_eval_s_single_and_multi_turn_layouts():
+  shots = [("Q1", "A1"), ("Q2", "A2")]
+  single = fewshot.build_messages("Q3", shots, "Intro\n\n")
+  assert single == [{"role": "system", "content": "Intro\n\n"}, {"role": "user", "content": "Q1 A1\n\nQ2 A2\n\nQ3"}]
+  multi = fewshot.build_messages("Q3", shots, "Intro\n\n", multiturn=True)
+  assert [(m["role"], m["content"]) for m in multi] == [
+      ("system", "Intro\n\n"), ("user", "Q1"), ("model", "A1"), ("user", "Q2"), ("model", "A2"), ("user", "Q3")]
+  for multiturn in (False, True):  # 0-shot, no description: one user turn either way.
+    assert fewshot.build_messages("Q3", [], "", multiturn=multiturn) == [{"role": "user", "content": "Q3"}]
+  assert evaluate.chat_prompt(multi) == ("<start_of_turn>user\nIntro\n\nQ1<end_of_turn>\n<start_of_turn>model\n"
+                                         "A1<end_of_turn>\n<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\n"
+                                         "A2<end_of_turn>\n<start_of_turn>user\nQ3<end_of_turn>\n<start_of_turn>model\n")
+
+
 def test_too_many_shots_names_the_few_shot_file(tokenizer):
   vocab = seqio.SentencePieceVocabulary(tokenizer)
   with pytest.raises(BenchmarkDataError, match=r"9-shot needs 9 exemplars but mmlu's few-shot file .*mmlu/dev.jsonl has 5"):
@@ -154,11 +168,34 @@ def test_encode_pair_moves_trailing_space_and_splits_the_joint_encoding(tokenize
 def test_chat_variant_wraps_the_prompt_in_gemma_turns(tokenizer):
   vocab = seqio.SentencePieceVocabulary(tokenizer)
   info = registry.register_benchmark_tasks(vocab, ef.BENCH_DIR, ["arc_easy"], chat=True,
-                                           chat_template=evaluate.user_turn_prompt)
+                                           chat_template=evaluate.chat_prompt)
   request = next(iter(info.values()))["requests"][0]
   assert request.context.startswith("<start_of_turn>user\nQuestion: ")
   assert request.context.endswith("<end_of_turn>\n<start_of_turn>model\n")
   assert not request.continuation.startswith(" ")  # No target delimiter after the turn marker.
+
+
+def test_fewshot_as_multiturn_puts_each_exemplar_in_its_own_turns(tokenizer):
+  """Unset, it follows chat (lm-eval's default); MMLU's exemplars become user / model turn pairs,
+  the description opening the first; without the chat template it is refused."""
+  vocab = seqio.SentencePieceVocabulary(tokenizer)
+  register = lambda **kw: next(iter(registry.register_benchmark_tasks(
+      vocab, ef.BENCH_DIR, ["mmlu"], {"mmlu": 2}, sampler="first_n", limit=1, **kw).values()))
+  default, multi, single = (register(chat=True, chat_template=evaluate.chat_prompt, fewshot_as_multiturn=m)
+                            for m in (None, True, False))
+  assert [r.context for r in default["requests"]] == [r.context for r in multi["requests"]]
+  context = multi["requests"][0].context
+  pool = registry.load_records(BENCHMARKS["mmlu"], ef.BENCH_DIR, "fewshot")
+  doc = multi["records"][0]
+  expected = "".join(f"<start_of_turn>user\n{p}<end_of_turn>\n<start_of_turn>model\n{a}<end_of_turn>\n"
+                     for p, a in [(mc.mmlu_description(doc) + mc.mmlu_doc(pool[0]).query, "ABCD"[pool[0]["answer"]]),
+                                  (mc.mmlu_doc(pool[1]).query, "ABCD"[pool[1]["answer"]])])
+  assert context == expected + f"<start_of_turn>user\n{mc.mmlu_doc(doc).query}<end_of_turn>\n<start_of_turn>model\n"
+  assert single["requests"][0].context.count("<start_of_turn>") == 2  # One user turn, the model's header.
+  with pytest.raises(ValueError, match="needs the chat template"):
+    register(fewshot_as_multiturn=True)
+  with pytest.raises(ValueError, match="chat=True needs a chat_template"):
+    register(chat=True)
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
@@ -239,6 +276,22 @@ def test_one_command_writes_json_markdown_and_html(tmp_path, tokenizer, hf_check
   assert "| bbh | 3-shot, bbh_cot, mean of 2 sub-tasks |" in table
   assert "| gsm8k_maj_at_k | 8-shot, gsm8k_strict, k=3, temperature 1, plain template |" in table
   assert "<td>bbh_web_of_lies</td>" in (tmp_path / "out" / "results.html").read_text()
+
+
+def test_run_records_the_chat_few_shot_layout(tmp_path, tokenizer, hf_checkpoint):
+  """The run says which layout it used (unset with chat: multi-turn, lm-eval's default), and
+  refuses multi-turn without the chat template before any model work."""
+  run = lambda out, **kw: evaluate.run_benchmarks(checkpoint=str(hf_checkpoint), tokenizer=tokenizer,
+                                                  output_dir=str(tmp_path / out), benchmarks=["mmlu"],
+                                                  num_shots={"mmlu": 1}, limit=1, **kw)
+  for out, multiturn, layout in (("default", None, "exemplars as turns"), ("single", False, "exemplars in one turn")):
+    rows = run(out, chat=True, fewshot_as_multiturn=multiturn)
+    header = json.loads((tmp_path / out / "results.json").read_text())
+    assert header["chat"] and header["fewshot_as_multiturn"] == (multiturn is None)
+    assert rows[0]["setting"].endswith("chat template, " + layout)
+  with pytest.raises(ValueError, match="needs the chat template"):
+    run("plain", fewshot_as_multiturn=True)
+  assert not (tmp_path / "plain").exists()
 
 
 # ---- AGIEval and BBH few-shot, sub-task groups ----

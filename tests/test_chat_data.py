@@ -142,11 +142,14 @@ def test_rerun_is_byte_identical(chat_run, tmp_path):
 # ---- the per-input layout (pipelines/chat_data_shardwise.py): the same bytes as the default ----
 
 PER_INPUT = ["--shard_layout=per_input"]
+# Small enough that the validation and rejects counts, which come from the data, are several shards.
+LAYOUT_TARGET_SHARD_BYTES = 1000
 
 
 def _layout_argv(inputs, tok, out, *flags):
   return [f"--input={inputs}/*.jsonl", f"--tokenizer={tok}", f"--output_dir={out}", "--max_length=64",
-          "--validation_fraction=0.2", "--num_shards=3", *flags]
+          "--validation_fraction=0.2", "--num_shards=3",
+          f"--target_shard_bytes={LAYOUT_TARGET_SHARD_BYTES}", *flags]
 
 
 def _output_files(directory) -> dict[str, bytes]:
@@ -178,8 +181,8 @@ def test_per_input_output_is_byte_identical_to_the_default_layout(layout_runs):
   default, per_input = _output_files(outputs["by_size"]), _output_files(outputs["per_input"])
   assert sorted(per_input) == sorted(default)
   assert [name for name in default if per_input[name] != default[name]] == []
-  for name in ("_SUCCESS", "sources.json", "stats.json", "rejects/rejects-00000-of-00001.jsonl",
-               "cache/gf_pref_dups_b/COMPLETED", "cache/gf_chat_dups_b/info.train.json",
+  for name in ("_SUCCESS", "sources.json", "stats.json", "cache/gf_pref_dups_b/COMPLETED",
+               "cache/gf_chat_dups_b/info.train.json",
                "cache/gf_chat_instructions/train.tfrecord-00002-of-00003"):
     assert name in per_input, name
   assert not [name for name in per_input if "spill" in name]
@@ -190,8 +193,8 @@ def test_the_layouts_decide_duplicates_across_files(layout_runs):
   """What the byte comparison covers: duplicates whose decision needs records of other files."""
   _, _, outputs = layout_runs
   stats = json.loads((outputs["per_input"] / "stats.json").read_text())
-  rejects = [json.loads(line) for line in
-             (outputs["per_input"] / "rejects" / "rejects-00000-of-00001.jsonl").read_text().splitlines()]
+  rejects = [json.loads(line) for path in sorted((outputs["per_input"] / "rejects").iterdir())
+             for line in path.read_text().splitlines()]
   duplicates = collections.Counter((r["id"], r["details"]["duplicate_of"]) for r in rejects
                                    if r["reason"] == "exact_duplicate")
   same_line = chat_data.record_id({}, chat_fixtures.duplicate_files()["dups_a.jsonl"][-1].encode())
@@ -202,6 +205,33 @@ def test_the_layouts_decide_duplicates_across_files(layout_runs):
   assert stats["in"] == stats["kept"] + stats["dropped_total"]
   assert stats["dropped"]["exact_duplicate"] == 7 and stats["dropped"]["bad_json"] == 2
   assert stats["kept_sft"] + stats["kept_preference"] == stats["kept"]
+
+
+def test_validation_and_rejects_shard_counts_follow_the_data(layout_runs):
+  """Without counts for them, validation and rejects get shards for the data's bytes: validation
+  from its share of the input, rejects from their own; every reject is in the shard its id names."""
+  inputs, _, outputs = layout_runs
+  out, target = outputs["by_size"], LAYOUT_TARGET_SHARD_BYTES
+  input_bytes = sum(path.stat().st_size for path in inputs.glob("*.jsonl"))
+  validation = -(-(-(-input_bytes * 2 // 10)) // target)  # ceil(ceil(bytes * 0.2) / target)
+  assert validation >= 2
+  sources = json.loads((out / "sources.json").read_text())
+  assert sources["num_shards"] == {"train": 3, "validation": validation}
+  for entry in sources["sources"].values():
+    assert json.loads((out / "cache" / entry["task"] / "info.validation.json").read_text())[
+        "num_shards"] == validation
+  names = sorted(path.name for path in (out / "rejects").iterdir())
+  r = len(names)
+  assert names == [f"rejects-{i:05d}-of-{r:05d}.jsonl" for i in range(r)]
+  assert r == -(-sum((out / "rejects" / name).stat().st_size for name in names) // target) >= 2
+  rejects = []
+  for i, name in enumerate(names):
+    records = [json.loads(line) for line in (out / "rejects" / name).read_text().splitlines()]
+    assert [x["id"] for x in records] == sorted(x["id"] for x in records)
+    assert all(common.stable_hash(x["id"]) % r == i for x in records)
+    rejects += records
+  stats = json.loads((out / "stats.json").read_text())
+  assert collections.Counter(x["reason"] for x in rejects) == stats["dropped"]
 
 
 @pytest.mark.parametrize("runner", ["multi_processing", "buckets"])

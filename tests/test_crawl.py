@@ -14,6 +14,7 @@ import http.server
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from warcio.archiveiterator import ArchiveIterator
 
-from pipelines import common, crawl, crawl_safety, spill
+from pipelines import common, crawl, crawl_safety, extract, spill
 from pipelines.crawl_fetch import FetchConfig, Fetcher, HostState, RobotsRules, parse_retry_after
 from pipelines.crawl_safety import BodyDecoder, Refused
 
@@ -97,8 +98,7 @@ def _read_warcs(directory):
 
 
 def _read_log(directory):
-  with open(os.path.join(directory, "fetches-00000-of-00001.jsonl")) as f:
-    return {r["url"]: r for r in map(json.loads, f)}
+  return {r["url"]: r for r in crawl.read_fetch_log(str(directory))}
 
 
 @pytest.fixture(scope="module")
@@ -255,10 +255,10 @@ def test_rerun_gives_the_same_records(crawled, servers, tmp_path):
   first, _ = _read_warcs(crawled["dir"])
   second, _ = _read_warcs(tmp_path / "again")
   assert {k: r["payload"] for k, r in first.items()} == {k: r["payload"] for k, r in second.items()}
-  with open(os.path.join(crawled["dir"], "fetches-00000-of-00001.jsonl"), "rb") as a, open(
-      tmp_path / "again" / "fetches-00000-of-00001.jsonl", "rb"
-  ) as b:
-    assert a.read() == b.read()
+  logs = [crawl.fetch_log_files(str(d)) for d in (crawled["dir"], tmp_path / "again")]
+  assert [os.path.basename(p) for p in logs[0]] == [os.path.basename(p) for p in logs[1]]
+  for a, b in zip(*logs):
+    assert open(a, "rb").read() == open(b, "rb").read()
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -433,7 +433,9 @@ def test_retry_after_parsing():
 
 def test_bad_configuration_is_refused(tmp_path):
   seeds = _write_seeds(tmp_path / "seeds.txt", ["http://example.com/"])
-  for flag in ("--max_depth=-1", "--total_timeout=0", "--max_pages=0", "--warc_prefix=a.b"):
+  for flag in ("--max_depth=-1", "--total_timeout=0", "--max_pages=0", "--warc_prefix=a.b",
+               "--num_shards=-1", "--num_fetch_log_shards=-1", "--target_warc_bytes=0",
+               "--target_shard_bytes=0"):
     args, _ = crawl.parse_args([f"--seeds={seeds}", "--output_dir=x", flag])
     with pytest.raises(common.StageError, match=flag.split("=")[0]):
       crawl.config_from_args(args, ["http://example.com/"])
@@ -548,7 +550,7 @@ def test_seeds_that_normalise_to_one_url_are_counted_as_duplicates(tmp_path):
                      "--output_dir=" + str(tmp_path / "out"), "--max_depth=0"])
   assert stats["in"] == len(seeds)
   assert stats["dropped"] == {"duplicate_seed": 4, "private_address": 2}
-  log = [json.loads(line) for line in open(tmp_path / "out" / "fetches-00000-of-00001.jsonl")]
+  log = list(crawl.read_fetch_log(str(tmp_path / "out")))
   fetched = [r for r in log if r["reason"] == "private_address"]
   assert sorted(r["url"] for r in fetched) == ["http://10.0.0.1/", "http://10.0.0.2/"]
   duplicates = [r for r in log if r["reason"] == "duplicate_seed"]
@@ -635,7 +637,7 @@ def test_per_input_layout_writes_the_same_bytes(layouts):
   outputs = {name: _files(path) for name, path in layouts["outputs"].items()}
   reference = outputs["by_size"]
   assert sorted(reference) == [
-      "_SUCCESS", "fetches-00000-of-00001.jsonl", "stats.json",
+      "_SUCCESS", os.path.basename(common.shard_path("", crawl.FETCH_LOG_PREFIX, 0, 1)), "stats.json",
       "web.00000-of-00002.warc.gz", "web.00001-of-00002.warc.gz"]
   records, _ = _read_warcs(layouts["outputs"]["by_size"])
   assert len(records) == 2 * 9  # The nine kept pages, as in the unpinned crawl.
@@ -659,7 +661,8 @@ def test_per_input_spill_files_are_written_then_removed(layouts):
 
 
 def _spilled_capture(server, tmp_path, config):
-  """FetchHost run by hand on two pages of ``server``: its (shard, spill path) outputs."""
+  """FetchHost run by hand on two pages of ``server``: its (origin hash, bytes, spill path)
+  outputs."""
   spill_dir = tmp_path / "spill"
   spill_dir.mkdir()
   element = (server.origin, {"urls": [server.origin + "/page2", server.origin + "/page1"],
@@ -674,10 +677,16 @@ def test_a_truncated_or_missing_spill_file_is_a_spill_error(tmp_path):
       max_depth=0, num_shards=1, shard_layout=common.PER_INPUT,
   )
   with HostileServer() as server:
-    [(shard, path)] = _spilled_capture(server, tmp_path, config)
+    [(_, size, path)] = _spilled_capture(server, tmp_path, config)
   assert path == crawl.spill_path(str(tmp_path / "spill"), 0, server.origin)
+  shard = 0
   writer = crawl.WriteWarcShard(str(tmp_path / "out"), config)
-  [warc] = list(writer.process((shard, [None, path, path])))  # A path twice is one file.
+  [warc] = list(writer.process((shard, [None, path, path]), 1))  # A path twice is one file.
+  with open(warc, "rb") as f:  # The reported size is the captures' bytes: the file less warcinfo.
+    info = ArchiveIterator(f)
+    next(iter(info))
+    info.read_to_end()
+    assert size == os.path.getsize(warc) - info.get_record_length()
   records, _ = _read_warcs(tmp_path / "out")
   assert sorted(uri for kind, uri in records if kind == "response") == [
       server.origin + "/page1", server.origin + "/page2"]
@@ -685,12 +694,12 @@ def test_a_truncated_or_missing_spill_file_is_a_spill_error(tmp_path):
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) - 5)
   with pytest.raises(spill.SpillError, match="truncated"):
-    list(writer.process((shard, [path, None])))
+    list(writer.process((shard, [path, None]), 1))
   assert not os.path.exists(warc)  # Checked before the WARC file is opened: no short file.
   os.remove(path)
   os.remove(path + spill.INDEX_SUFFIX)
   with pytest.raises(spill.SpillError, match="missing"):
-    list(writer.process((shard, [path, None])))
+    list(writer.process((shard, [path, None]), 1))
 
 
 def test_a_spill_file_lost_during_the_job_fails_it(tmp_path, monkeypatch):
@@ -719,3 +728,102 @@ def test_per_input_layout_needs_a_spill_directory():
                              shard_layout=common.PER_INPUT)
   with pytest.raises(common.StageError, match="spill directory"):
     crawl.crawl(beam.Pipeline() | beam.Create([]), config)
+
+
+# ----------------------------------------------------------------------------- shard counts
+
+
+def _capture_bytes(path):
+  """Bytes of a WARC file's captures: all but its first record's (the warcinfo) gzip member."""
+  with open(path, "rb") as f:
+    records = ArchiveIterator(f)
+    for i, _ in enumerate(records):
+      if i == 1:
+        return os.path.getsize(path) - records.get_record_offset()
+  return 0
+
+
+def _warc_files(directory):
+  return sorted(glob.glob(os.path.join(directory, "*.warc.gz")))
+
+
+def _origins_by_file(directory):
+  """{WARC file name: the origins of its responses}."""
+  out = {}
+  for path in _warc_files(directory):
+    with open(path, "rb") as f:
+      uris = [r.rec_headers.get_header("WARC-Target-URI") for r in ArchiveIterator(f)
+              if r.rec_type == "response"]
+    out[os.path.basename(path)] = {crawl_safety.origin_of(uri) for uri in uris}
+  return out
+
+
+def test_warc_files_and_fetch_log_shards_follow_the_data(tmp_path):
+  """Without counts, the WARC files follow --target_warc_bytes and the fetch log's shards
+  --target_shard_bytes: every file promised is written, each origin's pages in one file, no
+  record lost or doubled, and both layouts write the same bytes."""
+  with HostileServer() as a, HostileServer() as b, HostileServer() as c, \
+      pytest.MonkeyPatch.context() as mp:
+    _pin_clocks(mp, tmp_path / "pin")  # Same bytes from two crawls: docs/crawl.md, Reruns.
+    origins = [a.origin, b.origin, c.origin]
+    seeds = _write_seeds(tmp_path / "seeds.txt",
+                         [o + p for o in origins for p in ("/", "/page1", "/page2", "/latin1")])
+    base = [f"--seeds={seeds}", "--allow_loopback", "--max_depth=0", "--min_delay=0"]
+    one = str(tmp_path / "one")
+    stats = crawl.run(base + [f"--output_dir={one}"])  # The defaults: one file, one log shard.
+    [warc] = _warc_files(one)
+    [log] = crawl.fetch_log_files(one)
+    assert warc.endswith("-of-00001.warc.gz") and log.endswith("-of-00001.jsonl")
+    capture_bytes, log_bytes = _capture_bytes(warc), os.path.getsize(log)
+    assert stats["kept"] == 12 and capture_bytes > 0
+    warc_target, log_target = capture_bytes // 3 + 1, log_bytes // 4 + 1
+    sized = {}
+    for layout in common.SHARD_LAYOUTS:
+      sized[layout] = str(tmp_path / layout)
+      for server in (a, b, c):
+        server.reset()
+      assert crawl.run(base + [f"--output_dir={sized[layout]}", f"--shard_layout={layout}",
+                               f"--target_warc_bytes={warc_target}",
+                               f"--target_shard_bytes={log_target}"]) == stats
+  assert _files(sized[common.BY_SIZE]) == _files(sized[common.PER_INPUT])
+  out = sized[common.BY_SIZE]
+  warcs = _warc_files(out)
+  assert len(warcs) == common.shards_for(capture_bytes, warc_target) == 3
+  assert crawl.warc_files(out) == warcs
+  assert [os.path.basename(p) for p in warcs] == [
+      os.path.basename(crawl.warc_path(out, "web", i, 3)) for i in range(3)]
+  assert sum(_capture_bytes(p) for p in warcs) == capture_bytes
+  by_file = _origins_by_file(out)
+  assert sorted(o for found in by_file.values() for o in found) == sorted(origins)
+  assert _read_warcs(out)[0].keys() == _read_warcs(one)[0].keys()
+  logs = crawl.fetch_log_files(out)
+  assert len(logs) == common.shards_for(log_bytes, log_target) == 4
+  assert sum(os.path.getsize(p) for p in logs) == log_bytes
+  for path in logs:
+    urls = [json.loads(line)["url"] for line in open(path)]
+    assert urls == sorted(urls)
+  assert sorted(r["url"] for r in crawl.read_fetch_log(out)) == sorted(_read_log(one))
+  # The readers refuse a log or WARC set with a file missing, or a crawl that did not finish.
+  os.remove(logs[1])
+  with pytest.raises(common.StageError, match="1 shard.s. missing"):
+    list(crawl.read_fetch_log(out))
+  assert extract.warc_input_files(out) == warcs
+  # A stray file past the count (index >= N), or one not named as warc_path names them, is refused
+  # by the shard check every stage directory gets (common.check_shards_complete).
+  for stray, message in ((crawl.warc_path(out, "web", 3, 3), "shard index 3 >= its shard count 3"),
+                         (crawl.warc_path(out, "web", 5, 2), "shard index 5 >= its shard count 2"),
+                         (os.path.join(out, "web-00000-of-00003.warc.gz"), "is not named")):
+    shutil.copy(warcs[0], stray)
+    for reader in (crawl.warc_files, extract.warc_input_files):  # extract reads a crawl this way
+      with pytest.raises(common.StageError, match=message):
+        reader(out)
+    os.remove(stray)
+  assert crawl.warc_files(out) == warcs
+  os.remove(warcs[2])
+  for reader in (crawl.warc_files, extract.warc_input_files):
+    with pytest.raises(common.StageError, match="1 shard.s. missing: .*web.00002-of-00003.warc.gz"):
+      reader(out)
+  os.remove(os.path.join(out, common.SUCCESS_MARKER))
+  for reader in (crawl.fetch_log_files, crawl.warc_files, extract.warc_input_files):
+    with pytest.raises(common.StageError, match="did not finish"):
+      reader(out)

@@ -9,12 +9,15 @@ and pointed at the local files), and by `model.evaluate`. Per example the prompt
 log-likelihoods (1e-4), acc / acc_norm, greedy generations, extracted answers and the programs
 that code benchmarks run must agree.
 
-The chat variant (`chat=True`: the whole prompt as one user turn) is compared with lm-eval's
-`apply_chat_template=True, fewshot_as_multiturn=False`, the tokenizer carrying gemma-it's chat
-template. gemma-it's template refuses a system role, and lm-eval then drops the system message,
-i.e. MMLU's description; the template used here is gemma-it's with a leading system message
-folded into the first user turn (``system + "\n\n" + user``, as `tasks.chat_template.normalize`
-and Gemma 3's released template do), so that the description is kept and compared too.
+The chat variant is compared twice, the tokenizer carrying gemma-it's chat template: "chat"
+(`chat=True, fewshot_as_multiturn=False`: exemplars and query in one user turn) with lm-eval's
+`apply_chat_template=True, fewshot_as_multiturn=False`, and "multiturn" (`fewshot_as_multiturn=True`:
+each exemplar a user and a model turn) with lm-eval's `apply_chat_template=True,
+fewshot_as_multiturn=True`. gemma-it's template refuses a system role, and lm-eval then drops the
+system message, i.e. MMLU's description; the template used here is gemma-it's with a leading
+system message folded into the first user turn (``system + "\n\n" + user``, as
+`tasks.chat_template.normalize` and Gemma 3's released template do), so that the description is
+kept and compared too.
 """
 
 import ast
@@ -153,6 +156,10 @@ CASES = [("arc_easy", "gfc_arc_easy", 0), ("mmlu", "gfc_mmlu", 2), ("hellaswag",
 # description (system message), partial scoring (one context per choice), few-shot generation.
 CHAT_CASES = [("arc_easy", "gfc_arc_easy", 0), ("mmlu", "gfc_mmlu", 2), ("winogrande", "gfc_winogrande", 0),
               ("gsm8k", "gfc_gsm8k", 2)]
+# variant -> (its cases, our fewshot_as_multiturn, lm-eval's simple_evaluate chat arguments).
+VARIANTS = {"plain": (CASES, None, {}),
+            "chat": (CHAT_CASES, False, {"apply_chat_template": True, "fewshot_as_multiturn": False}),
+            "multiturn": (CHAT_CASES, True, {"apply_chat_template": True, "fewshot_as_multiturn": True})}
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +187,11 @@ def both(tmp_path_factory):
   lm = HFLM(pretrained=hf_dir, tokenizer=hf_dir, device="cpu", dtype="float32", batch_size=1,
             max_length=MAX_LENGTH)
   manager = TaskManager(include_path=str(yaml_dir))
-  theirs = {"plain": lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=LIMIT,
-                                             log_samples=True, bootstrap_iters=0),
-            "chat": lm_eval.simple_evaluate(model=lm, tasks=[t for _, t, _ in CHAT_CASES], task_manager=manager,
-                                            limit=LIMIT, log_samples=True, bootstrap_iters=0,
-                                            apply_chat_template=True, fewshot_as_multiturn=False)}
+  theirs = {variant: lm_eval.simple_evaluate(model=lm, tasks=[t for _, t, _ in cases], task_manager=manager,
+                                             limit=LIMIT, log_samples=True, bootstrap_iters=0,
+                                             **chat_args)
+            for variant, (cases, _, chat_args) in VARIANTS.items()}
+  assert sorted(t for _, t, _ in CASES) == sorted(names)
 
   # Ours, same files; MBPP's exemplars are the three lm-eval's mbpp task ships.
   spec = importlib.util.spec_from_file_location("gfc_code_utils", yaml_dir / "gfc_code_utils.py")
@@ -195,14 +202,15 @@ def both(tmp_path_factory):
     f.writelines(json.dumps(r) + "\n" for r in lm_eval_code.list_fewshot_samples())
   files = {"humaneval": humaneval_file, "mbpp.fewshot": mbpp_shots}
   lm_ours = evaluate.LanguageModel(*evaluate.load_checkpoint(hf_dir)[:2], vocab, MAX_LENGTH, batch_size=4)
-  ours = {"plain": {}, "chat": {}}
-  for variant, cases in (("plain", CASES), ("chat", CHAT_CASES)):
+  ours = {variant: {} for variant in VARIANTS}
+  for variant, (cases, multiturn, _) in VARIANTS.items():
+    chat = variant != "plain"
     for bench, _, shots in cases:
       with pytest.MonkeyPatch.context() as mp:
         mp.setitem(registry.BENCHMARKS, bench, dataclasses.replace(registry.BENCHMARKS[bench], max_gen_toks=GEN_TOKS))
         info = registry.register_benchmark_tasks(
             vocab, ef.BENCH_DIR, [bench], {bench: shots}, sampler="first_n", limit=LIMIT, files=files,
-            chat=variant == "chat", chat_template=evaluate.user_turn_prompt if variant == "chat" else None)
+            chat=chat, chat_template=evaluate.chat_prompt if chat else None, fewshot_as_multiturn=multiturn)
         (task_name, task_info), = info.items()
         ours[variant][bench] = (task_info, evaluate.evaluate_task(lm_ours, task_name, task_info))
   return theirs, ours
@@ -216,7 +224,7 @@ def _samples(theirs, task, filter_name=None):
 def _variants(fmt):
   """(variant, bench, lm-eval task) of every case whose format is (or, with "!", is not) fmt."""
   keep = lambda bench: (registry.BENCHMARKS[bench].format == fmt.lstrip("!")) != fmt.startswith("!")
-  return [(variant, bench, task) for variant, cases in (("plain", CASES), ("chat", CHAT_CASES))
+  return [(variant, bench, task) for variant, (cases, _, _) in VARIANTS.items()
           for bench, task, _ in cases if keep(bench)]
 
 
@@ -228,7 +236,7 @@ def _context(sample):
 def _as_lm_eval(variant, context):
   """Our context as lm-eval writes it: a chat template renders BOS as text (lm-eval then encodes
   without adding one); our turn prompt leaves it out and tokenization adds the BOS id."""
-  return "<bos>" + context if variant == "chat" else context
+  return context if variant == "plain" else "<bos>" + context
 
 
 @pytest.mark.parametrize("variant,bench,task", _variants("multiple_choice"))
@@ -250,7 +258,7 @@ def test_multiple_choice_matches_lm_eval(both, variant, bench, task):
     assert int(np.argmax(my_lls)) == int(np.argmax(their_lls))
     assert result["per_example"]["acc"][doc] == sample["acc"]
     assert result["per_example"]["acc_norm"][doc] == sample["acc_norm"]
-  if variant == "chat":  # The turn markers are there, and the description (MMLU) too.
+  if variant != "plain":  # The turn markers are there, and the description (MMLU) too.
     assert all(r.context.startswith("<start_of_turn>user\n") and r.context.endswith("<start_of_turn>model\n")
                for r in requests)
     assert info["benchmark"].description(info["records"][0]).strip() in requests[0].context
@@ -273,6 +281,36 @@ def test_greedy_generation_matches_lm_eval(both, variant, bench, task):
       if extractor:
         assert result["extracted"][extractor][doc] == sample["filtered_resps"][0]
   assert any(o[0] for o in result["outputs"])  # Something was generated: not a vacuous comparison.
+
+
+def _model_turns(context):
+  return context.count("<start_of_turn>model\n")
+
+
+def _contexts(sample):
+  """Every context of an lm-eval sample (one per choice, or the generation prompt)."""
+  args = sample["arguments"]
+  return [a[0] for a in args] if isinstance(args, list) else [v["arg_0"] for v in args.values()]
+
+
+@pytest.mark.parametrize("bench,task,shots", CHAT_CASES)
+def test_multiturn_gives_each_exemplar_its_turns_and_0_shot_is_single_turn(both, bench, task, shots):
+  """Few-shot, each exemplar is a user turn and a model turn (its target) before the query's user
+  turn, on lm-eval's side as on ours; 0-shot, both layouts are one prompt, on both sides too."""
+  theirs, ours = both
+  single, multi = (ours[v][bench][0]["requests"] for v in ("chat", "multiturn"))
+  their_single, their_multi = ([c for s in _samples(theirs[v], task) for c in _contexts(s)]
+                               for v in ("chat", "multiturn"))
+  if shots == 0:
+    assert [r.context for r in multi] == [r.context for r in single]
+    assert their_multi == their_single
+    return
+  records = ours["multiturn"][bench][0]["records"]
+  assert len({r.example for r in multi}) == len(records) == LIMIT
+  for mine, one_turn in zip(multi, single):
+    assert _model_turns(mine.context) == shots + 1 and _model_turns(one_turn.context) == 1
+    assert mine.context.count("<end_of_turn>") == 2 * shots + 1  # The exemplars' turns and the query's.
+  assert their_multi != their_single and all(_model_turns(c) == shots + 1 for c in their_multi)
 
 
 @pytest.mark.parametrize("bench,task", [(b, t) for _, b, t in _variants("code")])

@@ -338,3 +338,113 @@ def test_gemma_config_is_hashable_and_validated():
   assert hash(get_config("tiny")) == hash(get_config("tiny"))
   with pytest.raises(ValueError, match="dtype"):
     GemmaConfig(1, 8, 1, 1, 4, 8, 16, dtype="int8")
+
+
+# ---------------------------------------------------------------- causal block attention
+
+
+def _packed_padded_segments(length):
+  """[2, length] segment ids: row 0 three packed documents, row 1 one document then padding (0)."""
+  segments = np.ones((2, length), np.int32)
+  segments[0, length // 3:] = 2
+  segments[0, 2 * length // 3:] = 3
+  segments[1, length - 7:] = 0
+  return jnp.asarray(segments)
+
+
+@pytest.mark.parametrize("num_blocks", [2, 3, 4, 40])  # Even blocks, uneven blocks, one query per block.
+@pytest.mark.parametrize("window", [None, 5])  # Plain causal, and a sliding window within it.
+def test_causal_block_attention_equals_the_full_square(num_blocks, window):
+  """Query blocks against only the keys up to their end give the full-square attention and its
+  gradient, with packed segments, padding rows and a sliding window in the mask."""
+  from model.modules import causal_block_attention, dot_product_attention
+  from model.transformer import attention_mask
+  length = 40
+  segments, slots = _packed_padded_segments(length), jnp.arange(length)
+  mask = attention_mask(segments, segments, slots, slots)
+  if window is not None:
+    mask = mask & (slots[:, None] - slots[None, :] < window)[None]
+  rng = np.random.default_rng(1)
+  q, k, v = (jnp.asarray(rng.normal(size=s), jnp.float32)
+             for s in [(2, length, 2, 3, 16), (2, length, 2, 16), (2, length, 2, 16)])
+  # Padding queries see no key; their (unread) rows are the one place the two may differ.
+  real = np.asarray(segments != 0)[:, :, None, None, None]
+  weights = jnp.asarray(rng.normal(size=q.shape) * real, jnp.float32)
+
+  def full(q, k, v):
+    return dot_product_attention(q, k, v, mask)
+
+  def blocked(q, k, v):
+    return causal_block_attention(q, k, v, mask, num_blocks)
+
+  np.testing.assert_allclose(np.asarray(jax.jit(blocked)(q, k, v)) * real, np.asarray(full(q, k, v)) * real,
+                             rtol=1e-5, atol=1e-6)
+  grads = [jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * weights), argnums=(0, 1, 2)))(q, k, v)
+           for f in (full, blocked)]
+  for want, got in zip(*grads):
+    assert float(jnp.abs(want).max()) > 0.1  # Not trivially zero.
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_block_attention_slices_the_square():
+  """The compiled blocked attention holds no [T, S] logits: its largest logits block is
+  [T / n, T] for the last block (so a wrong slice, or no slicing, would show here)."""
+  from model.modules import causal_block_attention
+  length, num_blocks = 64, 4
+  q = jnp.zeros((1, length, 1, 2, 8), jnp.float32)
+  k = v = jnp.zeros((1, length, 1, 8), jnp.float32)
+  mask = jnp.tril(jnp.ones((length, length), bool))[None]
+  hlo = jax.jit(lambda q, k, v: causal_block_attention(q, k, v, mask, num_blocks)).lower(q, k, v).as_text()
+  block = length // num_blocks
+  assert f"tensor<1x1x2x{length}x{length}xf32>" not in hlo
+  for i in range(num_blocks):
+    assert f"tensor<1x1x2x{block}x{block * (i + 1)}xf32>" in hlo
+
+
+@pytest.mark.parametrize("num_blocks", [3, 4])
+def test_model_with_causal_blocks_gives_the_full_square_loss_and_gradients(params, num_blocks):
+  """The whole model (packed segments, padding), loss and every parameter gradient, blocked
+  against the full square (attention_causal_blocks=1)."""
+  length = 24
+  segments = _packed_padded_segments(length)
+  tokens = jnp.asarray(_random_tokens(13, (2, length))) * (segments != 0)
+  starts = np.asarray(jnp.concatenate([jnp.ones((2, 1), bool), segments[:, 1:] != segments[:, :-1]], axis=1))
+  positions = np.zeros((2, length), np.int32)
+  for row in range(2):
+    for t in range(1, length):
+      positions[row, t] = 0 if starts[row, t] else positions[row, t - 1] + 1
+  batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": jnp.roll(tokens, -1, axis=1) * (segments != 0),
+           "decoder_segment_ids": segments, "decoder_positions": jnp.asarray(positions),
+           "decoder_loss_weights": (segments != 0).astype(jnp.float32)}
+
+  def loss_and_grads(blocks):
+    model = DecoderOnlyModel(dataclasses.replace(F32, attention_causal_blocks=blocks))
+    return jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, batch)[0]))(params)
+
+  full_loss, full_grads = loss_and_grads(1)
+  loss, grads = loss_and_grads(num_blocks)
+  np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
+  for want, got in zip(jax.tree.leaves(full_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_attention_causal_blocks_is_validated():
+  with pytest.raises(ValueError, match="attention_causal_blocks must be a positive int"):
+    get_config("tiny", attention_causal_blocks=0)
+
+
+def test_rope_computes_sin_and_cos_apart_from_the_rotation():
+  """XLA:CPU would fuse RoPE's sin and cos into the rotation and recompute them for every head and
+  half (`modules.materialized`): in the compiled HLO no computation holds both a sine and the
+  rotation's concatenate, and the values are the formula's."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 4, 16), jnp.float32)
+  positions = jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32), (2, 8))
+  hlo = jax.jit(apply_rope).lower(x, positions).compile().as_text()
+  computations = hlo.split("\n\n")
+  assert any("sine(" in c for c in computations) and any("concatenate(" in c for c in computations)
+  assert not any("sine(" in c and "concatenate(" in c for c in computations)
+  angles = np.arange(8)[:, None] / 10_000 ** (np.arange(8) / 8)
+  first, second = np.split(np.asarray(x, np.float64), 2, axis=-1)
+  cos, sin = np.cos(angles)[None, :, None], np.sin(angles)[None, :, None]
+  want = np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  np.testing.assert_allclose(jax.jit(apply_rope)(x, positions), want, rtol=1e-5, atol=1e-5)

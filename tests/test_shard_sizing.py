@@ -63,3 +63,32 @@ def test_bad_shard_settings_are_refused(stage_input, tmp_path):
   with pytest.raises(common.StageError, match="target_shard_bytes"):
     pii.main([f"--input={stage_input}", f"--output_dir={tmp_path / 'x'}",
                   "--target_shard_bytes=0"])
+
+
+class _NoParsing:
+  """Stands in for ``json`` inside pipelines.common: encoding works, any parse fails the test."""
+  dumps = staticmethod(json.dumps)
+
+  @staticmethod
+  def loads(*_args, **_kwargs):
+    raise AssertionError("the shard writer parsed a JSON line")
+
+
+def test_the_shard_writer_sorts_encoded_lines_without_parsing_them(tmp_path, monkeypatch):
+  import apache_beam as beam
+
+  docs = _docs(40)
+  monkeypatch.setattr(common, "json", _NoParsing)
+  with beam.Pipeline() as p:
+    _ = p | beam.Create(docs) | common.WriteSortedShards(str(tmp_path), "docs", 3)
+  monkeypatch.undo()
+  files = _shards(str(tmp_path))
+  assert len(files) == 3
+  by_id = {d["id"]: d for d in docs}
+  seen = []
+  for f in files:
+    rows = [json.loads(line) for line in open(f)]
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+    assert all(r == by_id[r["id"]] for r in rows)
+    seen += [r["id"] for r in rows]
+  assert sorted(seen) == sorted(by_id)

@@ -185,3 +185,90 @@ def test_examples_serialize_deterministically():
     assert data.index(b"\n\x02id") < data.index(b"\n\x07targets")
     parsed = tf.train.Example.FromString(data).features.feature
     assert list(parsed["targets"].int64_list.value) == tokens
+
+
+def _cli(input_dir, tokenizer_path, output_dir, *flags):
+  return tokenize.main([f"--input={input_dir}", f"--tokenizer={tokenizer_path}",
+                        f"--output_dir={output_dir}", "--batch_size=16", "--runner=DirectRunner",
+                        *flags])
+
+
+def test_shard_counts_follow_the_data(tmp_path, tokenizer_path):
+  """With no count given, every count comes from the data: train from the input's bytes rounded up
+  to --shard_multiple, validation from its share of them, rejects from their own bytes; and
+  sources.json's shard_token_imbalance is what the TFRecords hold (read back, not recomputed)."""
+  target, multiple, fraction = 5000, 3, 0.2
+  no_source = [{"id": f"nosource{i:02d}", "text": doc["text"]}
+               for i, doc in enumerate(make_docs(12, seed=3))]
+  input_dir = write_stage_dir(tmp_path / "dedupe", input_docs() + no_source, num_shards=2,
+                              extra_lines=["{broken"])
+  stats = _cli(input_dir, tokenizer_path, tmp_path / "data", f"--target_shard_bytes={target}",
+               f"--shard_multiple={multiple}", f"--validation_fraction={fraction}")
+  data = tmp_path / "data"
+  input_bytes = sum(os.path.getsize(os.path.join(input_dir, name)) for name in os.listdir(input_dir)
+                    if name.startswith("docs-"))
+  train = -(-(-(-input_bytes // target)) // multiple) * multiple
+  validation = -(-(-(-input_bytes * 2 // 10)) // target)  # ceil(ceil(bytes * 0.2) / target)
+  assert train % multiple == 0 and train > multiple and -(-input_bytes // target) % multiple != 0
+  assert validation >= 2
+  sources = json.loads((data / "sources.json").read_text())
+  assert sources["num_shards"] == {"train": train, "validation": validation}
+
+  # Every kept document exactly once, in the shard its id names.
+  kept = set()
+  for source, entry in sources["sources"].items():
+    task_dir = data / "cache" / entry["task"]
+    for split, n in (("train", train), ("validation", validation)):
+      assert json.loads((task_dir / f"info.{split}.json").read_text())["num_shards"] == n
+      shard_tokens = []
+      for shard in range(n):
+        records = read_records(str(task_dir / f"{split}.tfrecord-{shard:05d}-of-{n:05d}"))
+        assert all(tokenize.assign_shard(doc_id, n) == shard for doc_id, _ in records)
+        assert not kept & {doc_id for doc_id, _ in records}
+        kept |= {doc_id for doc_id, _ in records}
+        shard_tokens.append(sum(len(tokens) for _, tokens in records))
+      counts = entry["splits"][split]
+      assert counts["num_shards"] == n
+      assert counts["max_shard_tokens"] == max(shard_tokens)
+      assert counts["min_shard_tokens"] == min(shard_tokens)
+      if sum(shard_tokens):
+        assert counts["shard_token_imbalance"] == round(max(shard_tokens) * n / sum(shard_tokens), 4)
+        assert counts["shard_token_imbalance"] >= 1.0
+  assert sources["sources"]["web"]["splits"]["train"]["shard_token_imbalance"] > 1.0
+  assert kept == {d["id"] for d in input_docs()} - {"00000000000000aa", "00000000000000bb"}
+  assert len(kept) == stats["kept"]
+
+  # Rejects: as many shards as their bytes need, each sorted by id, every reject exactly once.
+  rejects_dir = data / "rejects"
+  names = sorted(os.listdir(rejects_dir))
+  r = len(names)
+  assert names == [f"rejects-{i:05d}-of-{r:05d}.jsonl" for i in range(r)]
+  reject_bytes = sum(os.path.getsize(rejects_dir / name) for name in names)
+  assert r == -(-reject_bytes // target) and r >= 2
+  rejects = []
+  for i, name in enumerate(names):
+    records = [json.loads(line) for line in (rejects_dir / name).read_text().splitlines()]
+    assert [x["id"] for x in records] == sorted(x["id"] for x in records)
+    assert all(common.stable_hash(x["id"]) % r == i for x in records)
+    rejects += records
+  assert sorted(x["id"] for x in rejects if x["reason"] == "no_source") == sorted(
+      [d["id"] for d in no_source] + ["00000000000000bb"])
+  assert len(rejects) == stats["dropped_total"] == len(no_source) + 3
+  assert stats["in"] == stats["kept"] + stats["dropped_total"]
+  # A lost rejects shard is named by the shard check every stage directory gets.
+  os.remove(rejects_dir / names[1])
+  with pytest.raises(common.StageError, match=f"1 shard.*missing: .*{names[1]}"):
+    common.check_shards_complete(sorted(str(rejects_dir / n) for n in names if n != names[1]), "rejects")
+
+
+def test_shard_count_flags_override_the_data(tmp_path, tokenizer_path):
+  input_dir = write_stage_dir(tmp_path / "dedupe", input_docs(), extra_lines=["{broken"])
+  _cli(input_dir, tokenizer_path, tmp_path / "data", "--target_shard_bytes=100", "--num_shards=2",
+       "--num_validation_shards=3", "--num_reject_shards=2")
+  sources = json.loads((tmp_path / "data" / "sources.json").read_text())
+  assert sources["num_shards"] == {"train": 2, "validation": 3}
+  assert sorted(os.listdir(tmp_path / "data" / "rejects")) == [
+      "rejects-00000-of-00002.jsonl", "rejects-00001-of-00002.jsonl"]
+  with pytest.raises(common.StageError, match="num_validation_shards"):
+    _cli(input_dir, tokenizer_path, tmp_path / "bad", "--num_validation_shards=-1")
+  assert not (tmp_path / "bad").exists()

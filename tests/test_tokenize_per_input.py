@@ -330,3 +330,40 @@ def test_colliding_task_names_fail_the_per_input_job(tokenizer_path, tmp_path):
   with pytest.raises(Exception, match="gf_a_b"):
     tokenize.main(argv(input_dir, tokenizer_path, tmp_path / "out", *PER_INPUT))
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_shard_counts_from_the_data_are_the_same_in_both_layouts(tokenizer_path, tmp_path):
+  """A small --target_shard_bytes and no counts: train, validation and rejects shards all come
+  from the data, several of each, and both layouts write the same files, byte for byte (the
+  per-input rejects writer streams its merge into every rejects shard at once)."""
+  files = [make_docs(20, seed=seed) for seed in (4, 5)]
+  for i, docs in enumerate(files):
+    docs += [{"id": f"nosource{i}-{j}", "text": doc["text"]}
+             for j, doc in enumerate(make_docs(6, seed=10 + i))]
+  input_dir = write_input(tmp_path / "in", files)
+  outputs = {}
+  for layout in common.SHARD_LAYOUTS:
+    tokenize.main(argv(input_dir, tokenizer_path, tmp_path / layout, "--num_shards=0",
+                       "--target_shard_bytes=3000", "--shard_multiple=2", f"--shard_layout={layout}"))
+    outputs[layout] = output_files(tmp_path / layout)
+  default, per_input = outputs[common.BY_SIZE], outputs[common.PER_INPUT]
+  assert sorted(per_input) == sorted(default)
+  assert [name for name in default if per_input[name] != default[name]] == []
+  counts = json.loads(default[tokenize.SOURCES_FILE])["num_shards"]
+  assert counts["train"] % 2 == 0 and counts["validation"] >= 2
+  rejects = sorted(name for name in default if name.startswith("rejects/"))
+  assert len(rejects) >= 2 and rejects[-1].endswith(f"-of-{len(rejects):05d}.jsonl")
+  lines = [json.loads(line) for name in rejects for line in default[name].decode().splitlines()]
+  no_source = [f"nosource{i}-{j}" for i in range(2) for j in range(6)]
+  assert sorted(r["id"] for r in lines) == sorted(["", *no_source])  # "": the broken line.
+
+
+def test_the_rejects_writers_refuse_what_would_give_other_bytes(tmp_path):
+  """Rows out of (id, line) order, or a rejects partition without the bytes its count comes from,
+  fail the job instead of writing shards the default layout would not."""
+  with pytest.raises(common.StageError, match=r"out of \(id, line\) order"):
+    common.write_merged_rows(str(tmp_path / "r"), common.REJECTS_TAG, 2, [("b", b"{}"), ("a", b"{}")])
+  shards = {"train": 1, "validation": 1}
+  merge = tokenize_shardwise.MergePartition(str(tmp_path / "c"), str(tmp_path / "r"), shards)
+  with pytest.raises(common.StageError, match="rejects' bytes"):
+    list(merge.process((tokenize_shardwise.rejects_partition(shards), [None])))

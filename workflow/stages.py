@@ -111,8 +111,7 @@ def _doc_stage(module: str) -> Callable[[StageContext], list[str]]:
 
 
 def _crawl(ctx: StageContext) -> list[str]:
-  return [ctx.python, "-m", "pipelines.crawl", f"--output_dir={ctx.output}",
-          *option_flags(ctx.options, STAGES["pipelines.crawl"].options)]
+  return _beam(ctx, "pipelines.crawl", f"--output_dir={ctx.output}")
 
 
 def _extract(ctx: StageContext) -> list[str]:
@@ -254,8 +253,9 @@ _TABLE = (
     Stage("crawl", "pipelines.crawl", WARC, "crawl", {}, {
         "seeds": "path", "max_depth": "int", "max_pages": "int", "allowed_hosts": "list",
         "same_host_only": "flag", "allow_private_addresses": "flag", "user_agent": "str",
-        "num_shards": "int", "warc_prefix": "str", "min_delay": "float",
-        "total_timeout": "float", "shard_layout": "layout"}, _crawl, "beam",
+        "num_shards": "int", "target_warc_bytes": "int", "num_fetch_log_shards": "int",
+        "warc_prefix": "str", "min_delay": "float", "total_timeout": "float", **_LAYOUT},
+          _crawl, "beam",
           "Polite crawl of the seed URLs to WARC (runs only when the config has a crawl stage)."),
     Stage("extract", "pipelines.extract", DOCS, "extract", {"warc": WARC}, {
         **_SHARDS, **_LAYOUT, "languages": "list", "min_lang_score": "float", "extract_timeout_s": "float",
@@ -303,8 +303,9 @@ _TABLE = (
           "Samples continuations of prompts from the pretrained model.",
           uses_model=True, code_data=("gin/runs/infer.gin",)),
     Stage("chat_data", "pipelines.chat_data", CHAT_DATA, "chat_data", {"tokenizer": TOKENIZER}, {
-        **_SHARDS, "max_length": "int", "validation_fraction": "float",
-        "toxicity_threshold": "float", "shard_layout": "layout", "num_buckets": "int"}, _chat_data, "beam",
+        **_SHARDS, **_LAYOUT, "max_length": "int", "validation_fraction": "float",
+        "num_validation_shards": "int", "toxicity_threshold": "float", "num_buckets": "int"},
+          _chat_data, "beam",
           "data/chat's SFT conversations and preference pairs -> chat and pair caches (one job).",
           code_data=("data/chat",)),
     Stage("sft", "model.train", CHAT_MODEL, "sft", {"model": MODEL, "data": CHAT_DATA}, {

@@ -263,13 +263,37 @@ class Request:
   continuation: str = ""
 
 
+def resolve_multiturn(chat: bool, fewshot_as_multiturn: Optional[bool]) -> bool:
+  """lm-eval's rule: unset, few-shot is multi-turn exactly when a chat template is applied; set,
+  it needs one."""
+  if fewshot_as_multiturn is None:
+    return chat
+  if fewshot_as_multiturn and not chat:
+    raise ValueError("fewshot_as_multiturn=True needs the chat template (chat=True)")
+  return fewshot_as_multiturn
+
+
+def _prompt(bench: Benchmark, query: str, exemplars, description: str, chat: bool,
+            chat_template: Optional[Callable[[list], str]], multiturn: bool) -> str:
+  """The context: plain few-shot text, or (``chat``) lm-eval's chat messages rendered."""
+  if not chat:
+    return fewshot.build_context(query, exemplars, description, bench.target_delimiter)
+  return chat_template(fewshot.build_messages(query, exemplars, description, bench.target_delimiter, multiturn))
+
+
 def build_requests(bench: Benchmark, records, fewshot_records, num_shots: int, seed: int,
                    sampler: str = "seeded", chat: bool = False,
-                   chat_template: Optional[Callable[[str], str]] = None,
+                   chat_template: Optional[Callable[[list], str]] = None,
                    fewshot_path: Optional[str] = None,
-                   description: Optional[str] = None) -> list[Request]:
-  """The requests of every record, with its few-shot exemplars and (``chat``) the turn template;
-  ``description`` (from a prompt file) replaces the benchmark's own."""
+                   description: Optional[str] = None,
+                   fewshot_as_multiturn: Optional[bool] = None) -> list[Request]:
+  """The requests of every record, with its few-shot exemplars and (``chat``) ``chat_template``,
+  which renders a list of role / content messages (``fewshot.build_messages``; exemplars as
+  turns per ``resolve_multiturn``); ``description`` (from a prompt file) replaces the
+  benchmark's own."""
+  multiturn = resolve_multiturn(chat, fewshot_as_multiturn)
+  if chat and chat_template is None:
+    raise ValueError(f"{bench.name}: chat=True needs a chat_template to render the messages")
   if num_shots and bench.partial_scoring:
     raise ValueError(f"{bench.name}: partial scoring is evaluated 0-shot")
   if num_shots and bench.fewshot_file is None and fewshot_records is None:
@@ -288,14 +312,12 @@ def build_requests(bench: Benchmark, records, fewshot_records, num_shots: int, s
       queries = item.query if isinstance(item.query, tuple) else (item.query,) * len(item.choices)
       conts = item.choices * len(queries) if len(item.choices) == 1 else item.choices
       for choice, (query, cont) in enumerate(zip(queries, conts)):
-        context = fewshot.build_context(query, exemplars, describe(doc), bench.target_delimiter)
-        if chat:
-          context = chat_template(context)
+        context = _prompt(bench, query, exemplars, describe(doc), chat, chat_template, multiturn)
         out.append(Request(index, choice, context, delimiter + cont))
     else:
       exemplars = [(bench.text(x), bench.target(x)) for x in shots]
-      context = fewshot.build_context(bench.text(doc), exemplars, describe(doc), bench.target_delimiter)
-      out.append(Request(index, 0, chat_template(context) if chat else context))
+      context = _prompt(bench, bench.text(doc), exemplars, describe(doc), chat, chat_template, multiturn)
+      out.append(Request(index, 0, context))
   return out
 
 
@@ -330,11 +352,13 @@ def register_benchmark_tasks(vocab, data_root: str = DEFAULT_DATA_ROOT,
                              num_shots: Optional[Mapping[str, int]] = None, seed: int = 0,
                              sampler: str = "seeded", files: Optional[Mapping[str, str]] = None,
                              limit: Optional[int] = None, chat: bool = False,
-                             chat_template: Optional[Callable[[str], str]] = None,
+                             chat_template: Optional[Callable[[list], str]] = None,
                              samples: Optional[Mapping[str, int]] = None,
-                             temperature: Optional[Mapping[str, float]] = None) -> dict[str, dict]:
+                             temperature: Optional[Mapping[str, float]] = None,
+                             fewshot_as_multiturn: Optional[bool] = None) -> dict[str, dict]:
   """Registers ``gf_bench_<name>`` for each benchmark (a group: each of its sub-tasks), replacing
-  earlier ones. ``num_shots`` / ``samples`` / ``temperature`` override by benchmark or group name.
+  earlier ones. ``num_shots`` / ``samples`` / ``temperature`` override by benchmark or group name;
+  ``chat`` / ``chat_template`` / ``fewshot_as_multiturn`` as in ``build_requests``.
 
   Returns ``{task name: {"benchmark", "records", "requests", "num_shots"}}``; every file is read
   and every prompt built here, so bad input fails before any model work.
@@ -353,7 +377,7 @@ def register_benchmark_tasks(vocab, data_root: str = DEFAULT_DATA_ROOT,
                          else (None, None))
     fewshot_path = split_path(bench, data_root, "fewshot", files)
     requests = build_requests(bench, records, pool, shots, seed, sampler, chat, chat_template,
-                              fewshot_path, description)
+                              fewshot_path, description, fewshot_as_multiturn)
     rows = _rows(bench, records, requests, vocab)
     task_name = TASK_PREFIX + name
 

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -462,6 +462,30 @@ def shards_for(total_bytes: int, target_shard_bytes: int) -> int:
   return max(1, -(-total_bytes // target_shard_bytes))
 
 
+class ShardCount(beam.PTransform):
+  """Records -> a one-element PCollection, their shard count: ``num_shards``, or with 0 the count
+  that keeps every shard near ``target_shard_bytes`` of the records' ``size`` (:func:`shards_for`
+  over their sum). The one rule behind every shard count from the data."""
+
+  def __init__(self, num_shards: int, target_shard_bytes: int, size: Callable[[Any], int]):
+    super().__init__()
+    if num_shards < 0:
+      raise StageError(f"num_shards must be at least 1 (or 0: from the data), got {num_shards}.")
+    if target_shard_bytes < 1:
+      raise StageError(f"target_shard_bytes must be positive, got {target_shard_bytes}.")
+    self._num_shards = num_shards
+    self._target_shard_bytes = target_shard_bytes
+    self._size = size
+
+  def expand(self, records):
+    if self._num_shards:
+      return records.pipeline | "FixedCount" >> beam.Create([self._num_shards])
+    return (records
+            | "Bytes" >> beam.Map(self._size)
+            | "TotalBytes" >> beam.CombineGlobally(sum)
+            | "ShardCount" >> beam.Map(shards_for, self._target_shard_bytes))
+
+
 class WriteSortedShards(beam.PTransform):
   """Writes records to ``<directory>/<prefix>-XXXXX-of-NNNNN.jsonl``, each shard sorted by id.
 
@@ -476,25 +500,13 @@ class WriteSortedShards(beam.PTransform):
   def __init__(self, directory: str, prefix: str, num_shards: int = 0,
                target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES):
     super().__init__()
-    if num_shards < 0:
-      raise StageError(f"num_shards must be at least 1 (or 0: from the data), got {num_shards}.")
-    if target_shard_bytes < 1:
-      raise StageError(f"target_shard_bytes must be positive, got {target_shard_bytes}.")
+    self._count = ShardCount(num_shards, target_shard_bytes, lambda row: line_bytes(row[1]))
     self._directory = directory
     self._prefix = prefix
-    self._num_shards = num_shards
-    self._target_shard_bytes = target_shard_bytes
 
   def expand(self, records):
     rows = records | "Encode" >> beam.Map(encode_row)
-    if self._num_shards:
-      count = rows.pipeline | "FixedCount" >> beam.Create([self._num_shards])
-    else:
-      target = self._target_shard_bytes
-      count = (rows
-               | "Bytes" >> beam.Map(lambda row: line_bytes(row[1]))
-               | "TotalBytes" >> beam.CombineGlobally(sum)
-               | "ShardCount" >> beam.Map(shards_for, target))
+    count = rows | "Count" >> self._count
     n = beam.pvalue.AsSingleton(count)
     keyed = rows | "KeyByShard" >> beam.Map(lambda row, n: (row_shard(row[0], n), row), n)
     empty = count | "AllShards" >> beam.FlatMap(lambda n: [(i, None) for i in range(n)])

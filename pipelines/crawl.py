@@ -500,13 +500,8 @@ def _write_stats(directory: str, items: Iterable[tuple[str, int]]) -> dict[str, 
 def warc_shard_count(captures, config: CrawlConfig):
   """The number of WARC files, a one-element PCollection: ``--num_shards``, or from the bytes of
   every capture (``common.shards_for`` with ``--target_warc_bytes``)."""
-  if config.num_shards:
-    return captures.pipeline | "FixedWarcCount" >> beam.Create([config.num_shards])
-  target = config.target_warc_bytes
-  return (captures
-          | "CaptureBytes" >> beam.Map(lambda capture: capture[1])
-          | "TotalCaptureBytes" >> beam.CombineGlobally(sum)
-          | "WarcCount" >> beam.Map(common.shards_for, target))
+  return captures | "WarcCount" >> common.ShardCount(
+      config.num_shards, config.target_warc_bytes, lambda capture: capture[1])
 
 
 def write_outputs(outcomes, captures, directory: str, config: CrawlConfig) -> None:
@@ -550,24 +545,25 @@ def fetch_log_pattern(directory: str) -> str:
   return FileSystems.join(directory, f"{FETCH_LOG_PREFIX}-*.jsonl")
 
 
-def _check_finished(directory: str) -> None:
-  """StageError unless the crawl that wrote ``directory`` finished (its ``_SUCCESS`` marker)."""
+def _finished_shards(directory: str, pattern: str, what: str, sep: str = "-") -> list[str]:
+  """The files of a finished crawl that match ``pattern``, sorted; StageError unless the crawl
+  finished (its ``_SUCCESS`` marker), some match and every shard their ``-of-NNNNN`` promises is
+  there."""
   if not FileSystems.exists(FileSystems.join(directory, common.SUCCESS_MARKER)):
     raise common.StageError(f"{directory} has no {common.SUCCESS_MARKER} marker: the crawl did "
                             "not finish.")
+  files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+  if not files:
+    raise common.StageError(f"{directory}: no {what} ({pattern}).")
+  common.check_shards_complete(files, f"{directory} {what}", sep=sep)
+  return files
 
 
 def fetch_log_files(directory: str) -> list[str]:
   """Every shard of a finished crawl's fetch log, sorted; refused (StageError) unless the crawl
   finished (``_SUCCESS``) and every shard its ``-of-NNNNN`` promises is there."""
   directory = directory.rstrip("/")
-  _check_finished(directory)
-  pattern = fetch_log_pattern(directory)
-  files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-  if not files:
-    raise common.StageError(f"{directory}: no fetch log ({pattern}).")
-  common.check_shards_complete(files, f"{directory} fetch log")
-  return files
+  return _finished_shards(directory, fetch_log_pattern(directory), "fetch log")
 
 
 def warc_files(directory: str) -> list[str]:
@@ -575,12 +571,8 @@ def warc_files(directory: str) -> list[str]:
   every file its ``-of-NNNNN`` promises is there and none is past that count, and all are of one
   prefix (what extract reads a crawl with)."""
   directory = directory.rstrip("/")
-  _check_finished(directory)
-  pattern = FileSystems.join(directory, f"*.{WARC_EXT}")
-  files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-  if not files:
-    raise common.StageError(f"{directory}: no WARC files ({pattern}).")
-  common.check_shards_complete(files, f"{directory} WARC files", sep=WARC_SEP)
+  files = _finished_shards(directory, FileSystems.join(directory, f"*.{WARC_EXT}"), "WARC files",
+                           sep=WARC_SEP)
   prefixes = sorted({path.rsplit("/", 1)[-1].split(WARC_SEP, 1)[0] for path in files})
   if len(prefixes) != 1:
     raise common.StageError(f"{directory}: WARC files of several crawls (prefixes {prefixes}).")

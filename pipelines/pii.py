@@ -578,16 +578,21 @@ def _looks_random(value: str) -> bool:
   return len(value) >= 24 and shannon_entropy(value) >= 4.0 and 0.25 <= upper <= 0.75
 
 
+def _without_context(text: str, start: int, end: int) -> tuple[int, int]:
+  """``[start, end)`` with the context characters a pattern took at either end left out."""
+  while start < end and text[start] in _CONTEXT_CHARS:
+    start += 1
+  while end > start and text[end - 1] in _CONTEXT_CHARS:
+    end -= 1
+  return start, end
+
+
 def _token_span(plugin: str, text: str, m: re.Match) -> tuple[int, int] | None:
   """A whole-match token's span: context characters off, the rest of the token on (not over a
   ``/`` for fixed-length ones); None when it starts inside a longer word (``xAKIA…``: the
   library's patterns have no left boundary) other than the plugin's known prefix (``bot`` for
   Telegram)."""
-  start, end = m.start(), m.end()
-  while start < end and text[start] in _CONTEXT_CHARS:
-    start += 1
-  while end > start and text[end - 1] in _CONTEXT_CHARS:
-    end -= 1
+  start, end = _without_context(text, *m.span())
   if start == end:
     return None
   prefix = _TOKEN_PREFIXES.get(plugin)
@@ -629,11 +634,7 @@ def _vendor_span(pattern: SecretPattern, text: str, m: re.Match) -> tuple[int, i
   if pattern.plugin == _KEY_HEADER_PLUGIN:
     return _key_block(text, m)
   if pattern.value_group:
-    start, end = m.span(pattern.value_group)
-    while start < end and text[start] in _CONTEXT_CHARS:
-      start += 1
-    while end > start and text[end - 1] in _CONTEXT_CHARS:
-      end -= 1
+    start, end = _without_context(text, *m.span(pattern.value_group))
     # A value ends at its first whitespace (NpmDetector's ``npm_.+`` takes a trailing comment).
     space = re.search(r"\s", text[start:end])
     end = start + space.start() if space else end

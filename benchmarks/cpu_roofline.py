@@ -150,15 +150,17 @@ def decode_bound(settings: dict, peak_flops: float, read_bytes_per_s: float) -> 
           "bound_cpu_s": flops / peak_flops + weight_bytes / read_bytes_per_s}
 
 
-def model_results(results_dir: str, cpu_model: str) -> list[tuple[str, str, dict]]:
+def model_results(results_dir: str, cpu: dict) -> list[tuple[str, str, dict]]:
   """(kind, path, result) of the committed float32 model benchmark results with peers that were
-  measured on a CPU of this model (a roofline of one machine says nothing about another's runs)."""
+  measured on a CPU of this model name and `cpu_id` (harness.machine(); a roofline of one machine
+  says nothing about another's runs, and a result without a cpu_id cannot be placed)."""
   out = []
   for kind, pattern in (("train_step", "train_step_*.json"), ("decode", "decode_*.json")):
     for path in sorted(glob.glob(os.path.join(results_dir, pattern))):
       result = json.load(open(path))
       settings, machine = result.get("settings", {}), result.get("environment", {}).get("machine", {})
-      if settings.get("dtype") == "float32" and "config" in settings and machine.get("cpu_model") == cpu_model:
+      same_cpu = all(machine.get(key) == cpu[key] for key in ("cpu_model", "cpu_id"))
+      if settings.get("dtype") == "float32" and "config" in settings and same_cpu:
         out.append((kind, path, result))
   return out
 
@@ -204,10 +206,11 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   harness.add_flags(parser)
   args = parser.parse_args(argv)
-  rows = model_results(harness.RESULTS_DIR, harness.machine()["cpu_model"])
+  cpu = harness.machine()
+  rows = model_results(harness.RESULTS_DIR, cpu)
   if not rows:
     raise SystemExit(f"no float32 model benchmark result in {harness.RESULTS_DIR} was measured on this CPU "
-                     f"({harness.machine()['cpu_model']!r}): run benchmarks/model_train_step.py and "
+                     f"({cpu['cpu_model']!r}, {cpu['cpu_id']}): run benchmarks/model_train_step.py and "
                      "model_decode.py first")
   sizes = sorted({weight_bytes(result) for _, _, result in rows})
   sides = [harness.Side("jax_matmul", "benchmarks.cpu_roofline:jax_matmul_side", {"size": MATMUL_SIZE}),

@@ -118,11 +118,23 @@ def library_versions() -> dict:
   return versions
 
 
+# The instruction-set extensions that decide which kernels the libraries run (recorded per result).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
 def machine() -> dict:
-  model = ""
+  """The CPU (model name, family/model/stepping, the ISA extensions of ISA_FLAGS), memory, OS.
+
+  The model name alone does not tell machines apart ("AMD EPYC" covers Zen 3 without AVX-512 and
+  Zen 4 with it), so results are compared only within one `cpu_id` (benchmarks/cpu_roofline.py)."""
+  info = {}
   try:
     with open("/proc/cpuinfo") as f:
-      model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+      for line in f:
+        if not line.strip():
+          break  # The first processor's block is enough.
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
   except OSError:
     pass
   try:
@@ -130,8 +142,13 @@ def machine() -> dict:
       mem_kib = int(f.readline().split()[1])
   except (OSError, ValueError, IndexError):
     mem_kib = 0
-  return {"cpu_model": model, "cpu_count": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1),
-          "platform": platform.platform(), "python": platform.python_version()}
+  flags = set(info.get("flags", "").split())
+  cpu_id = (f"{info.get('vendor_id', '?')} family {info.get('cpu family', '?')} model {info.get('model', '?')} "
+            f"stepping {info.get('stepping', '?')}")
+  return {"cpu_model": info.get("model name", ""), "cpu_id": cpu_id,
+          "cpu_isa": [flag for flag in ISA_FLAGS if flag in flags], "cpu_count": os.cpu_count(),
+          "memory_gib": round(mem_kib / 2**20, 1), "platform": platform.platform(),
+          "python": platform.python_version()}
 
 
 def default_cpus(threads: int) -> list[int]:

@@ -24,8 +24,8 @@ one whole generate call (prefill included) that decodes exactly `new_tokens` tok
                                 (CompileConfig, forced on for CPU, mode "default").
 
 Every run returns its generated tokens, which are compared across sides (float32 greedy decoding
-is token-exact here). Our loop runs one single-token forward more than transformers (logits after
-the last token), which counts against us.
+is token-exact here). Both sides run the prefill and one single-token forward per generated token
+but the last.
 """
 
 from __future__ import annotations

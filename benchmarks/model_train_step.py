@@ -21,8 +21,13 @@ process, interleaved by benchmarks/harness.py):
                              before model.modules.causal_block_attention (--variants full_square).
   ours[rope_fused]           the same with RoPE's sin and cos left for XLA to fuse into (and recompute
                              in) every rotation, as before model.modules.materialized (--variants rope_fused).
+  ours[autodiff_matmul]      the same with the token matmuls' weight gradients left to autodiff (a dot
+                             contracting the leading token axis), as before model.modules.matmul.
   transformers[eager|sdpa]   model(input_ids).logits -> float32 cross-entropy -> backward ->
-                             torch.optim step -> zero_grad(set_to_none).
+                             torch.optim step (AdamW: the fused kernel, transformers' Trainer
+                             default) -> zero_grad(set_to_none).
+  transformers[sdpa+adamw_for_loop]  the same with torch.optim.AdamW's default CPU kernel, a
+                             per-tensor loop (--peers sdpa_for_loop): what the slow kernel costs.
   transformers[sdpa+compile] the same step with the model under torch.compile (inductor).
 
 All start from the same weights and take the same optimizer (AdamW with equal hyper-parameters,
@@ -37,7 +42,12 @@ import argparse
 from benchmarks import _common, harness
 
 ADAMW = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
-PEERS = {"eager": ("eager", False), "sdpa": ("sdpa", False), "compile": ("sdpa", True)}
+# peer flag -> (attention, torch.compile, AdamW kernel). transformers' Trainer defaults to the fused
+# kernel (optim "adamw_torch_fused") since torch 2.8, and on the CPU it is several times faster than
+# torch.optim.AdamW's default for-loop one (0.14 against 0.78 CPU s for 111M parameters, one thread),
+# so every peer uses it but "sdpa_for_loop", kept to show what the slow kernel cost.
+PEERS = {"eager": ("eager", False, "fused"), "sdpa": ("sdpa", False, "fused"), "compile": ("sdpa", True, "fused"),
+         "sdpa_for_loop": ("sdpa", False, "for_loop")}
 
 
 def random_tokens(config, batch_size: int, seq_len: int, seed: int):
@@ -64,8 +74,9 @@ def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learni
   before stacked_token_einsum), and "softmax_autodiff" differentiates the attention softmax by
   autodiff instead of modules.softmax's own backward, and "full_square" computes every layer's
   attention over the full [T, S] square (config.attention_causal_blocks = 1), and "rope_fused"
-  lets XLA fuse RoPE's sin and cos into the rotations (modules.materialized the identity), so one
-  paired run shows what a change bought.
+  lets XLA fuse RoPE's sin and cos into the rotations (modules.materialized the identity), and
+  "autodiff_matmul" differentiates the token matmuls by autodiff (modules.matmul plain jnp.matmul),
+  so one paired run shows what a change bought.
   """
   import jax
   import optax
@@ -82,6 +93,8 @@ def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learni
     model = {**model, "overrides": {**model["overrides"], "attention_causal_blocks": 1}}
   elif variant == "rope_fused":  # RoPE's sin and cos fused into every rotation, as before modules.materialized.
     modules.materialized = lambda x: x
+  elif variant == "autodiff_matmul":  # The token matmuls differentiated by autodiff, as before modules.matmul.
+    modules.matmul = jax.numpy.matmul
   elif variant:
     raise ValueError(f"unknown variant {variant!r}")
 
@@ -112,8 +125,12 @@ def ours_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learni
 
 
 def hf_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learning_rate: float, seed: int,
-            attn: str, compile: bool):
-  """Worker factory: transformers' step (optionally torch.compile'd); run() returns its loss."""
+            attn: str, compile: bool, adamw: str = "fused"):
+  """Worker factory: transformers' step (optionally torch.compile'd); run() returns its loss.
+
+  adamw "fused" is torch's fused AdamW kernel (transformers' Trainer default), "for_loop" the
+  per-tensor loop `torch.optim.AdamW` runs on the CPU when not told otherwise.
+  """
   import numpy as np
   import torch
 
@@ -124,7 +141,7 @@ def hf_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learning
   del params
   if optimizer == "adamw":
     opt = torch.optim.AdamW(hf.parameters(), lr=learning_rate, betas=(ADAMW["b1"], ADAMW["b2"]), eps=ADAMW["eps"],
-                            weight_decay=ADAMW["weight_decay"])
+                            weight_decay=ADAMW["weight_decay"], fused=adamw == "fused", foreach=False)
   else:
     opt = torch.optim.SGD(hf.parameters(), lr=learning_rate)
   tokens = random_tokens(config, batch_size, seq_len, seed)
@@ -141,7 +158,7 @@ def hf_side(model: dict, batch_size: int, seq_len: int, optimizer: str, learning
     _common.torch_sync(torch, device)
     return float(loss.detach())
 
-  return run, {"attn_implementation": attn, "torch_compile": compile}
+  return run, {"attn_implementation": attn, "torch_compile": compile, "adamw": adamw if optimizer == "adamw" else None}
 
 
 def sides(args) -> list:
@@ -152,9 +169,10 @@ def sides(args) -> list:
   for variant in args.variants:
     out.append(harness.Side(f"ours[{variant}]", "benchmarks.model_train_step:ours_side", {**common, "variant": variant}))
   for peer in args.peers:
-    attn, compile = PEERS[peer]
-    name = f"transformers[{attn}{'+compile' if compile else ''}]"
-    out.append(harness.Side(name, "benchmarks.model_train_step:hf_side", {**common, "attn": attn, "compile": compile}))
+    attn, compile, adamw = PEERS[peer]
+    name = f"transformers[{attn}{'+compile' if compile else ''}{'+adamw_for_loop' if adamw == 'for_loop' else ''}]"
+    out.append(harness.Side(name, "benchmarks.model_train_step:hf_side",
+                            {**common, "attn": attn, "compile": compile, "adamw": adamw}))
   return out
 
 
@@ -178,7 +196,8 @@ def main(argv=None) -> dict:
   _common.add_model_flags(parser, batch_size=2, seq_len=128)
   parser.add_argument("--peers", nargs="+", default=["eager", "sdpa"], choices=sorted(PEERS))
   parser.add_argument("--variants", nargs="*", default=[],
-                      choices=["unfolded", "copies", "softmax_autodiff", "full_square", "rope_fused"],
+                      choices=["unfolded", "copies", "softmax_autodiff", "full_square", "rope_fused",
+                               "autodiff_matmul"],
                       help="earlier versions of ours to run beside it (what a change bought)")
   parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
   parser.add_argument("--learning_rate", type=float, default=1e-3)

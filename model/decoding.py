@@ -203,25 +203,32 @@ def _generate(config: GemmaConfig, params, prompts: jax.Array, rng: jax.Array, *
   model, last_logits, cache, next_positions = _prefill(config, params, prompts, max_decode_len)
   stop = jnp.asarray(stop_tokens, jnp.int32)
 
-  def cond(state):
-    step, _, _, _, done, _, _ = state
-    return (step < max_decode_len) & ~jnp.all(done)
-
-  def body(state):
+  def pick(state):
+    """Samples token `step` from last_logits and records it; returns the state without the forward."""
     step, cache, last_logits, positions, done, out, scores = state
     token = sampler(last_logits, jax.random.fold_in(rng, step))
     log_prob = jnp.take_along_axis(jax.nn.log_softmax(last_logits, axis=-1), token[:, None], axis=-1)[:, 0]
     token = jnp.where(done, PAD_ID, token)
     scores = scores + jnp.where(done, 0.0, log_prob)
     out = out.at[:, step].set(token)
-    done = done | jnp.isin(token, stop)
+    return token, (step, cache, last_logits, positions, done | jnp.isin(token, stop), out, scores)
+
+  # The loop picks tokens 0 .. max_decode_len - 2, each followed by the forward that gives the next
+  # logits; the last token is picked after it, so no forward runs whose logits nobody reads.
+  def cond(state):
+    step, _, _, _, done, _, _ = state
+    return (step < max_decode_len - 1) & ~jnp.all(done)
+
+  def body(state):
+    token, (step, cache, _, positions, done, out, scores) = pick(state)
     last_logits, cache = _step(model, params, token[:, None], positions[:, None],
                                jnp.ones((batch, 1), jnp.int32), cache)
     return step + 1, cache, last_logits, positions + 1, done, out, scores
 
   state = (jnp.int32(0), cache, last_logits, next_positions, jnp.zeros((batch,), bool),
            jnp.zeros((batch, max_decode_len), jnp.int32), jnp.zeros((batch,), jnp.float32))
-  _, _, _, _, _, out, scores = jax.lax.while_loop(cond, body, state)
+  # After the loop every row is done (pick writes padding) or `step` is max_decode_len - 1.
+  _, (_, _, _, _, _, out, scores) = pick(jax.lax.while_loop(cond, body, state))
   return out, scores
 
 

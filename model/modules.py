@@ -40,11 +40,56 @@ def token_einsum(equation: str, x: jax.Array, w: jax.Array, **kwargs) -> jax.Arr
   The equation names the token axis M ("MD,DF->MF"); the result gets [B, T] back. Same numbers
   as the [B, T] einsum, but the weight gradient becomes one plain matmul contracting M: with B
   and T as two contracting axes XLA's CPU backend emits a transpose copy and a slower generic
-  dot for it (measured in docs/model_benchmarks.md).
+  dot for it (measured in docs/model_benchmarks.md). A plain product ("MA,AB->MB") goes through
+  `matmul`, whose weight gradient XLA:CPU runs at its fast kernels' rate.
   """
   lead = x.shape[:2]
-  out = jnp.einsum(equation, x.reshape((lead[0] * lead[1],) + x.shape[2:]), w, **kwargs)
+  tokens = x.reshape((lead[0] * lead[1],) + x.shape[2:])
+  out = matmul(tokens, w) if _is_plain_matmul(equation) and not kwargs else jnp.einsum(equation, tokens, w, **kwargs)
   return out.reshape(lead + out.shape[1:])
+
+
+def _is_plain_matmul(equation: str) -> bool:
+  """Whether `equation` is "MA,AB->MB" (one token axis, one contracted axis, one output axis)."""
+  lhs, rest = equation.split(",")
+  rhs, out = rest.split("->")
+  return len(lhs) == len(rhs) == len(out) == 2 and lhs[0] == out[0] == "M" and lhs[1] == rhs[0] \
+      and out[1] == rhs[1] and len(set(lhs + rhs)) == 3
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """`x @ w` for x [..., M, K], w [..., K, N] (the same leading axes), with a backward pass whose
+  weight gradient XLA:CPU runs as a plain product when many tokens go through.
+
+  Autodiff's weight gradient, x^T g, contracts the token axis M, which is the leading axis of both
+  operands. XLA:CPU runs that layout with a generic dot, at about half the rate of its YNNPACK
+  kernels when M is the longest axis (2048 tokens against 256 and 1024 features), and at their rate
+  when it is not (docs/model_benchmarks.md). So when M >= max(K, N) x is transposed first, behind
+  an optimization barrier that keeps the transpose from being folded back into the dot: one copy
+  of x [M, K], then a product in the fast layout. Same numbers as autodiff, up to summation order.
+  """
+  return jnp.matmul(x, w)
+
+
+def transposes_for_weight_gradient(x: jax.Array, w: jax.Array) -> bool:
+  """Whether `matmul`'s backward copies x transposed (the token axis M is its longest axis)."""
+  return x.shape[-2] >= max(w.shape[-2:])
+
+
+def _matmul_fwd(x, w):
+  return jnp.matmul(x, w), (x, w)
+
+
+def _matmul_bwd(residuals, grad):
+  x, w = residuals
+  x_t = jnp.swapaxes(x, -1, -2)  # [..., K, M]
+  if transposes_for_weight_gradient(x, w):
+    x_t = jax.lax.optimization_barrier(x_t)  # Laid out as written, not folded into the dot.
+  return jnp.matmul(grad, jnp.swapaxes(w, -1, -2)).astype(x.dtype), jnp.matmul(x_t, grad).astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def weight_copy_is_cheaper(x: jax.Array, stacked: jax.Array) -> bool:
@@ -69,7 +114,9 @@ def stacked_token_einsum(equation: str, x: jax.Array, stacked: jax.Array) -> lis
   tokens = x.reshape((lead[0] * lead[1],) + x.shape[2:])
   lhs, rest = equation.split(",")
   rhs, result = rest.split("->")
-  out = jnp.einsum(f"C{lhs},C{rhs}->C{result}", jnp.broadcast_to(tokens, (num,) + tokens.shape), stacked)
+  broadcast = jnp.broadcast_to(tokens, (num,) + tokens.shape)
+  out = (matmul(broadcast, stacked) if _is_plain_matmul(equation)
+         else jnp.einsum(f"C{lhs},C{rhs}->C{result}", broadcast, stacked))
   return [y.reshape(lead + y.shape[1:]) for y in out]
 
 

@@ -101,6 +101,26 @@ def test_greedy_matches_argmax_of_full_rescoring(params, prompts):
   np.testing.assert_allclose(scores, expected, rtol=1e-5)
 
 
+def test_generate_runs_no_forward_after_the_last_token(params, prompts, monkeypatch):
+  """n tokens take the prefill and n - 1 single-token forwards: the last token's logits are never
+  computed (nobody reads them). One and seven tokens still match the full rescoring's argmax."""
+  calls = []
+  step = decoding._step
+
+  def counted(model, params, tokens, *args):
+    jax.debug.callback(lambda t: calls.append(t.shape[1]), tokens)
+    return step(model, params, tokens, *args)
+
+  monkeypatch.setattr(decoding, "_step", counted)
+  for length in (1, 7):  # Lengths no other test uses, so _generate is traced again with the counter.
+    calls.clear()
+    out, _ = _greedy(params, prompts, max_decode_len=length)
+    jax.effects_barrier()
+    assert calls == [prompts.shape[1]] + [1] * (length - 1)
+    logits = _full_logits(params, jnp.concatenate([prompts, out], axis=1))
+    np.testing.assert_array_equal(out, np.argmax(np.asarray(logits[:, prompts.shape[1] - 1:-1]), axis=-1))
+
+
 def test_right_and_left_padded_prompts_give_the_same_output(model, params):
   left = jnp.asarray([[0, 0, 17, 42], [8, 200, 9, 10]], jnp.int32)
   right = jnp.asarray([[17, 42, 0, 0], [8, 200, 9, 10]], jnp.int32)

@@ -327,6 +327,34 @@ def test_softmax_backward_equals_autodiff_of_jax_softmax():
   assert not jnp.any(jnp.where(jnp.tril(jnp.ones((5, 7), bool)), 0.0, ours))
 
 
+@pytest.mark.parametrize("batch_axes", [(), (2,)], ids=["plain", "stacked"])
+def test_matmul_gradients_equal_autodiff_and_contract_no_leading_axes(batch_axes):
+  """modules.matmul's own backward against autodiff through jnp.matmul (both operands), and its
+  compiled weight gradient holds no dot that contracts the leading token axis of both operands
+  (the slow XLA:CPU layout it exists to avoid; autodiff's gradient has one)."""
+  import re
+  from model import modules
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(keys[0], batch_axes + (48, 16), jnp.float32)
+  w = jax.random.normal(keys[1], batch_axes + (16, 24), jnp.float32)
+  weights = jax.random.normal(keys[2], batch_axes + (48, 24), jnp.float32)
+  loss = lambda f: (lambda x, w: jnp.sum(f(x, w) * weights))
+  ours = jax.jit(jax.grad(loss(modules.matmul), argnums=(0, 1)))
+  reference = jax.jit(jax.grad(loss(jnp.matmul), argnums=(0, 1)))
+  assert jnp.array_equal(modules.matmul(x, w), jnp.matmul(x, w))
+  for got, want in zip(ours(x, w), reference(x, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(got).max()) > 0.1
+  token_axis = len(batch_axes)
+  dims = re.escape(f"{{{token_axis}}}")
+  contracts_tokens = re.compile(rf"lhs_contracting_dims={dims}, (rhs_batch_dims=\{{[0-9,]*\}}, )?"
+                                rf"rhs_contracting_dims={dims}")
+  assert contracts_tokens.search(reference.lower(x, w).compile().as_text())  # The pattern finds autodiff's.
+  assert modules.transposes_for_weight_gradient(x, w)  # 48 tokens >= 16, 24 features.
+  assert not contracts_tokens.search(ours.lower(x, w).compile().as_text())
+  assert not modules.transposes_for_weight_gradient(x[..., :8, :], w)  # Fewer tokens: autodiff's dot.
+
+
 def test_bad_loss_settings_are_rejected():
   with pytest.raises(ValueError, match="label_smoothing"):
     DecoderOnlyModel(F32, label_smoothing=1.0)

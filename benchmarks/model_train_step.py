@@ -43,9 +43,9 @@ from benchmarks import _common, harness
 
 ADAMW = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
 # peer flag -> (attention, torch.compile, AdamW kernel). transformers' Trainer defaults to the fused
-# kernel (optim "adamw_torch_fused") since torch 2.8, and on the CPU it is several times faster than
-# torch.optim.AdamW's default for-loop one (0.14 against 0.78 CPU s for 111M parameters, one thread),
-# so every peer uses it but "sdpa_for_loop", kept to show what the slow kernel cost.
+# kernel (optim "adamw_torch_fused") since torch 2.8, and on the CPU it is much faster than
+# torch.optim.AdamW's default for-loop one (docs/model_benchmarks.md), so every peer uses it but
+# "sdpa_for_loop", kept to show what the slow kernel costs.
 PEERS = {"eager": ("eager", False, "fused"), "sdpa": ("sdpa", False, "fused"), "compile": ("sdpa", True, "fused"),
          "sdpa_for_loop": ("sdpa", False, "for_loop")}
 

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast fuzz-long venv clean
+.PHONY: demo test test-slow fuzz-long venv clean
 
 venv: $(STAMP)
 
@@ -61,17 +61,19 @@ $(TEST_STAMP): $(STAMP) $(KFP_STAMP)
 demo: $(STAMP)
 	$(PY) -m demo --work_dir=out/demo
 
-# Every test, the end-to-end run of the demo included: 21 minutes on this project's 2-core machine.
 # Test files run in 2 processes (pytest-xdist); a file stays in one, so its module fixtures are
 # built once.
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 
+# Every test but those marked slow (pyproject.toml's markers): the default run, under 40 minutes
+# on this project's 2-core machine.
 test: $(TEST_STAMP)
-	$(PYTEST)
-
-# Everything but the tests marked slow (the end-to-end demo run).
-test-fast: $(TEST_STAMP)
 	$(PYTEST) -m "not slow"
+
+# The tests marked slow: whole programs run for minutes (the end-to-end demo, real t5x,
+# kill-and-resume runs, the 2B/7B memory compiles). CI (.ci/run) runs both commands.
+test-slow: $(TEST_STAMP)
+	$(PYTEST) -m slow
 
 # The fuzz suites at 10,000 examples per property (docs/reliability.md records the last run).
 fuzz-long: $(TEST_STAMP)

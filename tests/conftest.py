@@ -46,3 +46,27 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
   outcome = yield
   _fail_missing_package_skips(outcome.get_result())
+
+
+# The programs the tests start as subprocesses (training runs killed and restarted, workflow
+# stages, t5x, Beam workers) compile the same small models again and again, at a third of a
+# subprocess's time: they share one persistent XLA compilation cache, made for this test session
+# and removed after it. The test processes keep it off: tests read compiled HLO and memory
+# analyses, which an executable loaded from the cache need not carry.
+_JAX_CACHE = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
+def pytest_configure(config):
+  if not hasattr(config, "workerinput"):  # The session's first process: xdist's workers inherit this.
+    import tempfile
+    config._jax_cache_dir = tempfile.mkdtemp(prefix="gemma-forge-jax-cache-")
+    os.environ.update(_JAX_CACHE, JAX_COMPILATION_CACHE_DIR=config._jax_cache_dir)
+  import jax
+  jax.config.update("jax_compilation_cache_dir", None)
+
+
+def pytest_unconfigure(config):
+  if getattr(config, "_jax_cache_dir", None):
+    import shutil
+    shutil.rmtree(config._jax_cache_dir, ignore_errors=True)

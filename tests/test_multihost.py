@@ -247,6 +247,7 @@ def reference_run(tmp_path_factory):
   return model_dir
 
 
+@pytest.mark.slow  # A kill-and-resume run of the real CLI (`make test-slow`).
 def test_killed_process_stops_the_run_and_another_process_count_resumes_it_exactly(
     reference_run, tmp_path):
   (tmp_path / "slow_train.py").write_text(SLOW_TRAIN)

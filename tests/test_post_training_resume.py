@@ -21,6 +21,8 @@ from model.reward_model import RewardModel
 from model.t5x_convert import write_params
 from tests import chat_fixtures
 
+pytestmark = pytest.mark.slow  # Kill-and-resume runs of the real CLIs (`make test-slow`).
+
 STEPS = 12
 
 

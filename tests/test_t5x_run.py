@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # Real t5x programs, minutes each (`make test-slow`).
+
 t5x = pytest.importorskip("t5x", reason="real t5x (docs/t5x.md) is not installed")
 
 from pipelines import tokenize  # noqa: E402

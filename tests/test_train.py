@@ -220,6 +220,7 @@ def finished_run(tmp_path_factory):
   return model_dir
 
 
+@pytest.mark.slow  # A kill-and-resume run of the real CLI (`make test-slow`).
 def test_sigkill_and_restart_gives_the_same_losses(finished_run, tmp_path):
   args = [*TINY_RUN, f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TRAIN_STEPS=12"]
   child = subprocess.Popen([sys.executable, "-c", SLOW_TRAINER, *args], cwd=REPO, env=_env(),

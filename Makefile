@@ -65,13 +65,12 @@ demo: $(STAMP)
 # built once.
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 
-# Every test but those marked slow (pyproject.toml's markers): the default run, under 40 minutes
-# on this project's 2-core machine.
+# Every test but those marked slow (pyproject.toml's markers say which): the default run, 27
+# minutes on this project's 2-core machine.
 test: $(TEST_STAMP)
 	$(PYTEST) -m "not slow"
 
-# The tests marked slow: whole programs run for minutes (the end-to-end demo, real t5x,
-# kill-and-resume runs, the 2B/7B memory compiles). CI (.ci/run) runs both commands.
+# The tests marked slow, 14 minutes. CI (.ci/run) runs both commands.
 test-slow: $(TEST_STAMP)
 	$(PYTEST) -m slow
 

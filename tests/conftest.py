@@ -49,9 +49,9 @@ def pytest_make_collect_report(collector):
 
 
 # The programs the tests start as subprocesses (training runs killed and restarted, workflow
-# stages, t5x, Beam workers) compile the same small models again and again, at a third of a
-# subprocess's time: they share one persistent XLA compilation cache, made for this test session
-# and removed after it. The test processes keep it off: tests read compiled HLO and memory
+# stages, t5x, Beam workers) compile the same small models again and again (a kill-and-resume test
+# spent a third of its CPU time on it): they share one persistent XLA compilation cache, made for
+# this test session and removed after it. The test processes keep it off: tests read compiled HLO and memory
 # analyses, which an executable loaded from the cache need not carry.
 _JAX_CACHE = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}

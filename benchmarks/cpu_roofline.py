@@ -35,7 +35,8 @@ Decoding is bounded by how fast a kernel streams weights at a few rows, so a dec
 that rate for both libraries (``kernel_stream_rates``):
 
   jax_gemv[<config>_b<batch>][<layout>] / torch_gemv[...]   [batch, in] x every matmul weight of
-                              the model, stored [in, out] or [out, in], in one call per run.
+                              the model, stored [in, out] or [out, in] (and, for XLA, [out, in]
+                              with the weight as the dot's left operand), in one call per run.
 
 It is not turned into a floor: the decoding step batches these products and re-reads the same
 weights every step (a small model's stay in the caches), so a real step can beat the sum of
@@ -90,25 +91,39 @@ def decode_weight_shapes(c: dict) -> list[tuple[int, int]]:
   return (attention + mlp) * c["num_layers"] + [(c["embed_dim"], c["vocab_size"])]
 
 
-def jax_gemv_side(config: dict, batch: int, transposed: bool):
-  """x [batch, in] times each decode weight [in, out] (``transposed``: stored [out, in], as the
-  tied embedding is), all in one jitted call."""
+# How a product with a weight is written, per layout of jax_gemv_side: x [batch, in] times each
+# weight stored [in, out] ("in_out", as the layers store theirs), stored [out, in] ("out_in", as the
+# tied embedding is), or stored [out, in] with the weight as the dot's left operand
+# ("weights_first": model.modules.weights_first_matmul, the decoding logits' form).
+JAX_LAYOUTS = ("in_out", "out_in", "weights_first")
+TORCH_LAYOUTS = ("in_out", "out_in")
+
+
+def jax_gemv_side(config: dict, batch: int, layout: str):
+  """x [batch, in] times each decode weight, laid out and multiplied as `layout` (JAX_LAYOUTS)
+  names, all in one jitted call."""
   import jax
   import jax.numpy as jnp
   import numpy as np
+
+  from model import modules
   rng = np.random.default_rng(0)
   shapes = decode_weight_shapes(config)
-  weights = [jnp.asarray(rng.standard_normal((n, k) if transposed else (k, n), np.float32))
+  stored_out_in = layout != "in_out"
+  weights = [jnp.asarray(rng.standard_normal((n, k) if stored_out_in else (k, n), np.float32))
              for k, n in shapes]
   xs = [jnp.asarray(rng.standard_normal((batch, k), np.float32)) for k, _ in shapes]
-  spec = "bk,nk->bn" if transposed else "bk,kn->bn"
-  products = jax.jit(lambda xs, ws: [jnp.einsum(spec, x, w) for x, w in zip(xs, ws)])
+  product = {"in_out": lambda x, w: jnp.einsum("bk,kn->bn", x, w),
+             "out_in": lambda x, w: jnp.einsum("bk,nk->bn", x, w),
+             "weights_first": modules.weights_first_matmul}[layout]
+  products = jax.jit(lambda xs, ws: [product(x, w) for x, w in zip(xs, ws)])
   jax.block_until_ready(products(xs, weights))
   return lambda: float(jax.block_until_ready(products(xs, weights))[-1][0, 0])
 
 
-def torch_gemv_side(config: dict, batch: int, transposed: bool):
+def torch_gemv_side(config: dict, batch: int, layout: str):
   """The same products with torch's kernels (``F.linear`` on [out, in] weights: its layout)."""
+  transposed = layout == "out_in"
   import torch
   gen = torch.Generator().manual_seed(0)
   shapes = decode_weight_shapes(config)
@@ -218,11 +233,11 @@ def main(argv=None) -> dict:
   sides += [harness.Side(f"read[{n}]", "benchmarks.cpu_roofline:read_side", {"num_bytes": n}) for n in sizes]
   decodes = {gemv_key(r): r["settings"] for kind, _, r in rows if kind == "decode"}
   for key, settings in sorted(decodes.items()):
-    for lib in ("jax", "torch"):
-      for layout, transposed in (("in_out", False), ("out_in", True)):
+    for lib, layouts in (("jax", JAX_LAYOUTS), ("torch", TORCH_LAYOUTS)):
+      for layout in layouts:
         sides.append(harness.Side(f"{lib}_gemv[{key}][{layout}]", f"benchmarks.cpu_roofline:{lib}_gemv_side",
                                   {"config": settings["config"], "batch": settings["batch_size"],
-                                   "transposed": transposed}))
+                                   "layout": layout}))
   result = harness.run_paired("cpu_roofline", sides, pairs=args.pairs, warmup=args.warmup, threads=args.threads,
                               cpus=args.cpus, settings=vars(args))
   # The best run of each side: a roofline is what the machine can do, not what it does on average.
@@ -233,7 +248,8 @@ def main(argv=None) -> dict:
   rates["gemv_bytes_per_cpu_s"] = {
       f"{lib}_gemv[{key}][{layout}]": 4 * sum(k * n for k, n in decode_weight_shapes(settings["config"]))
       / best[f"{lib}_gemv[{key}][{layout}]"]
-      for key, settings in decodes.items() for lib in ("jax", "torch") for layout in ("in_out", "out_in")}
+      for key, settings in decodes.items()
+      for lib, layouts in (("jax", JAX_LAYOUTS), ("torch", TORCH_LAYOUTS)) for layout in layouts}
   peak = max(rates["matmul_flops_per_cpu_s"].values())
   xla_flops = rates["matmul_flops_per_cpu_s"]["jax"]
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.model_decode [--config=bench_100m] [--override FIELD=VALUE ...]
         [--dtype=float32|bfloat16] [--batch_size=4] [--seq_len=64 (prompt length)] [--new_tokens=32]
-        [--peers eager sdpa static compile] [--variants copies cache_copies rope_fused]
+        [--peers eager sdpa static compile] [--variants copies cache_copies rope_fused table_second]
         [--pairs=7] [--warmup=1] [--threads=1] [--cpus=1] [--result=PATH]
 
 The prompts are `batch_size` rows of `seq_len` random tokens (BOS first, no padding). One run =
@@ -16,6 +16,8 @@ one whole generate call (prefill included) that decodes exactly `new_tokens` tok
                                 copying the KV cache at every step (see ours_side).
   ours[rope_fused]              (--variants rope_fused) the same, with RoPE's sin and cos fused into
                                 (and recomputed in) every rotation, as before model.modules.materialized.
+  ours[table_second]            (--variants table_second) the same, with the tied-embedding logits as
+                                x @ table^T, as before model.modules.weights_first_matmul.
   transformers[eager|sdpa]      model.generate(do_sample=False, use_cache=True, max_new_tokens=n,
                                 min_new_tokens=n), generation_config.eos_token_id = None (no early
                                 stop, no EOS logit masked: greedy stays exact); dynamic KV cache.
@@ -74,7 +76,8 @@ def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, se
   always true) and a prefill that computes the logits of every prompt position; "cache_copies", the
   KV cache in the [B, S, K, H] layout, written before the attention reads it
   (`_copying_attend_with_cache`); "rope_fused", RoPE's sin and cos left for XLA to fuse into every
-  rotation (model.modules.materialized the identity).
+  rotation (model.modules.materialized the identity); "table_second", the tied-embedding logits as
+  x @ table^T at every token count (model.modules.FEW_TOKENS 0), not table @ x^T.
   """
   import jax
   import numpy as np
@@ -88,6 +91,8 @@ def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, se
     modules.attend_with_cache = _copying_attend_with_cache
   elif variant == "rope_fused":
     modules.materialized = lambda x: x
+  elif variant == "table_second":
+    modules.FEW_TOKENS = 0
   elif variant:
     raise ValueError(f"unknown variant {variant!r}")
 
@@ -183,7 +188,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--new_tokens", type=int, default=32, help="tokens generated per row")
   parser.add_argument("--peers", nargs="+", default=["eager", "sdpa", "static"], choices=sorted(PEERS))
   parser.add_argument("--variants", nargs="*", default=[],
-                      choices=["copies", "cache_copies", "rope_fused"],
+                      choices=["copies", "cache_copies", "rope_fused", "table_second"],
                       help="ours as it was before a change, timed in the same run (see ours_side)")
   harness.add_flags(parser)
   args = parser.parse_args(argv)

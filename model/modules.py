@@ -92,6 +92,24 @@ def _matmul_bwd(residuals, grad):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+# Most tokens at which the tied-embedding logits read the table as the dot's left operand
+# (`weights_first_matmul`): below it, in decoding, that form streams the table faster than
+# `x @ table^T` on XLA:CPU; above it the usual form is faster (docs/model_benchmarks.md).
+FEW_TOKENS = 64
+
+
+def weights_first_matmul(x: jax.Array, w_t: jax.Array, **kwargs) -> jax.Array:
+  """`x @ w_t^T` for x [M, K] and w_t [N, K], computed as `(w_t @ x^T)^T`.
+
+  With few tokens (M <= FEW_TOKENS) a product is a pass over the weight. XLA:CPU's kernels read
+  their left operand row by row as stored and pack the right one at every call, so with the weight
+  on the left they stream it faster than `x @ w_t^T`, which packs all of it at every call. The
+  [N, M] result is small; the barrier keeps XLA from folding its transpose back into the dot, which
+  would swap the operands again. Same numbers up to summation order.
+  """
+  return jax.lax.optimization_barrier(jnp.einsum("NK,MK->NM", w_t, x, **kwargs)).T
+
+
 def weight_copy_is_cheaper(x: jax.Array, stacked: jax.Array) -> bool:
   """Whether copying the C weights out of `stacked` [C, D, ...] costs less than broadcasting the
   tokens of x [B, T, D] over C and splitting the C results (what `stacked_token_einsum` picks from).
@@ -155,7 +173,11 @@ class Embedder(nn.Module):
   def decode(self, x: jax.Array) -> jax.Array:
     """[B, T, D] -> float32 logits [B, T, V] through the transposed embedding."""
     table = self.input_embedding.astype(self.config.compute_dtype)
-    return token_einsum("MD,VD->MV", x, table, preferred_element_type=jnp.float32)
+    if x.shape[0] * x.shape[1] > FEW_TOKENS:
+      return token_einsum("MD,VD->MV", x, table, preferred_element_type=jnp.float32)
+    tokens = x.reshape((-1, x.shape[-1]))  # Decoding: the table, stored [V, D], leads the product.
+    logits = weights_first_matmul(tokens, table, preferred_element_type=jnp.float32)
+    return logits.reshape(x.shape[:2] + logits.shape[1:])
 
 
 class RMSNorm(nn.Module):

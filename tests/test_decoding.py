@@ -301,3 +301,27 @@ def test_the_decoding_loop_updates_the_kv_cache_in_place(config):
       if slots in shape and int(np.prod(shape)) == cache_size:
         copies.append(line.strip()[:160])
   assert not copies, "\n".join(copies)
+
+
+@pytest.mark.parametrize("tokens", [(2, 1), (2, 40)], ids=["decoding", "many_tokens"])
+def test_logits_put_the_embedding_table_first_only_for_few_tokens(tokens):
+  """With few tokens (decoding) the tied-embedding logits are computed as table @ x^T, the [V, D]
+  table as the dot's left operand (XLA:CPU streams it faster so, docs/model_benchmarks.md); with
+  many, as x @ table^T. Both give the einsum's logits."""
+  import re
+
+  import flax.linen as nn
+
+  from model import modules
+  config = get_config("tiny", dtype="float32")
+  embedder = modules.Embedder(config)
+  table_params = nn.unbox(embedder.init(jax.random.PRNGKey(0), jnp.ones((1, 1), jnp.int32),
+                                        method=modules.Embedder.encode))
+  x = jax.random.normal(jax.random.PRNGKey(1), tokens + (config.embed_dim,))
+  decode = jax.jit(lambda p, x: embedder.apply(p, x, method=modules.Embedder.decode))
+  table = table_params["params"]["input_embedding"]
+  np.testing.assert_allclose(decode(table_params, x), jnp.einsum("BTD,VD->BTV", x, table), rtol=1e-5, atol=1e-5)
+  hlo = decode.lower(table_params, x).compile().as_text()
+  vocab, num = config.vocab_size, tokens[0] * tokens[1]
+  table_first = re.search(rf"= f32\[{vocab},{num}\]\{{[0-9,]*\}} (dot|fusion)\(", hlo)
+  assert bool(table_first) == (num <= modules.FEW_TOKENS), hlo[:4000]

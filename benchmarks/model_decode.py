@@ -2,22 +2,27 @@
 
     python -m benchmarks.model_decode [--config=bench_100m] [--override FIELD=VALUE ...]
         [--dtype=float32|bfloat16] [--batch_size=4] [--seq_len=64 (prompt length)] [--new_tokens=32]
-        [--peers eager sdpa static compile] [--variants copies cache_copies rope_fused table_second]
+        [--peers eager sdpa static compile] [--variants training_layout copies cache_copies rope_fused table_second]
         [--pairs=7] [--warmup=1] [--threads=1] [--cpus=1] [--result=PATH]
 
 The prompts are `batch_size` rows of `seq_len` random tokens (BOS first, no padding). One run =
 one whole generate call (prefill included) that decodes exactly `new_tokens` tokens greedily:
 
   ours                          model.decoding.generate(..., sampler=Sampler("greedy"), stop_tokens=()):
-                                one jit-compiled prefill + lax.while_loop that never exits early.
+                                one jit-compiled prefill + lax.while_loop that never exits early,
+                                over model.decoding.decoding_params(params), made once before timing
+                                (as transformers' weights are loaded once).
+  ours[training_layout]         (--variants training_layout) the same over the params as the model
+                                initialises them, as before decoding_params. The variants below
+                                use that layout too: they are states from before it.
   ours[copies]                  (--variants copies) the same, as decoding was before it stopped copying
                                 weights at every step (see ours_side).
   ours[cache_copies]            (--variants cache_copies) the same, as decoding was before it stopped
                                 copying the KV cache at every step (see ours_side).
   ours[rope_fused]              (--variants rope_fused) the same, with RoPE's sin and cos fused into
                                 (and recomputed in) every rotation, as before model.modules.materialized.
-  ours[table_second]            (--variants table_second) the same, with the tied-embedding logits as
-                                x @ table^T, as before model.modules.weights_first_matmul.
+  ours[table_second]            (--variants table_second) ours[training_layout] with the tied-embedding
+                                logits as x @ table^T, as before model.modules.weights_first_matmul.
   transformers[eager|sdpa]      model.generate(do_sample=False, use_cache=True, max_new_tokens=n,
                                 min_new_tokens=n), generation_config.eos_token_id = None (no early
                                 stop, no EOS logit masked: greedy stays exact); dynamic KV cache.
@@ -71,9 +76,11 @@ def _copying_attend_with_cache(query, key, value, mask, layer_cache, index, chun
 def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, seed: int, variant: str = ""):
   """Worker factory: run() is one jitted greedy generate call; returns the tokens as lists.
 
-  Variants put back what decoding did before a change (docs/model_benchmarks.md): "copies", every
-  weight copied out of its stack or transposed at every step (model.modules.weight_copy_is_cheaper
-  always true) and a prefill that computes the logits of every prompt position; "cache_copies", the
+  Ours decodes over `decoding.decoding_params(params)`. Variants put back what decoding did before a
+  change (docs/model_benchmarks.md), over the params as initialised: "training_layout", nothing more;
+  "copies", every weight copied out of its stack or transposed at every step
+  (model.modules.weight_copy_is_cheaper always true) and a prefill that computes the logits of every
+  prompt position; "cache_copies", the
   KV cache in the [B, S, K, H] layout, written before the attention reads it
   (`_copying_attend_with_cache`); "rope_fused", RoPE's sin and cos left for XLA to fuse into every
   rotation (model.modules.materialized the identity); "table_second", the tied-embedding logits as
@@ -93,11 +100,13 @@ def ours_side(model: dict, batch_size: int, prompt_len: int, new_tokens: int, se
     modules.materialized = lambda x: x
   elif variant == "table_second":
     modules.FEW_TOKENS = 0
-  elif variant:
+  elif variant and variant != "training_layout":
     raise ValueError(f"unknown variant {variant!r}")
 
   config = _common.build_config(**model)
   params = jax.device_put(_common.random_params(config, seed))
+  if not variant:
+    params = jax.block_until_ready(decoding.decoding_params(params))
   prompts = jax.device_put(random_prompts(config, batch_size, prompt_len, seed))
   rng = jax.random.PRNGKey(seed)
 
@@ -188,7 +197,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--new_tokens", type=int, default=32, help="tokens generated per row")
   parser.add_argument("--peers", nargs="+", default=["eager", "sdpa", "static"], choices=sorted(PEERS))
   parser.add_argument("--variants", nargs="*", default=[],
-                      choices=["copies", "cache_copies", "rope_fused", "table_second"],
+                      choices=["training_layout", "copies", "cache_copies", "rope_fused", "table_second"],
                       help="ours as it was before a change, timed in the same run (see ours_side)")
   harness.add_flags(parser)
   args = parser.parse_args(argv)

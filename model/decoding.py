@@ -16,6 +16,9 @@ Special ids are arguments, never constants here: BOS and the stop tokens differ 
 vocabularies (`<end_of_turn>` is 107 in the released Gemma tokenizer, 5 in the project's own), so
 callers pass those of the vocabulary in use (`tasks.special_tokens.special_tokens(vocab)`:
 `.bos`, `.stop_ids`). Only padding is fixed: 0, the id seqio pads with and the model masks.
+
+Both take the parameters in either layout: the model's own, or `decoding_params`'s, which whoever
+decodes many times with the same weights makes once (on the CPU it streams them faster).
 """
 
 from __future__ import annotations
@@ -29,11 +32,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.config import GemmaConfig
-from model.transformer import Transformer, init_cache
+from model.transformer import Transformer, decoding_layout, init_cache
 
 PAD_ID = 0  # seqio's padding id (tasks.special_tokens checks that <pad> is this id).
 
 _NEG_INF = -1e9  # Score of impossible beams / masked tokens (finite: keeps arithmetic NaN-free).
+
+
+def decoding_params(params):
+  """`params` in the layout that decodes fastest where they live: on the CPU, every layer's products
+  laid out output-first (`transformer.decoding_layout`, a copy made here); elsewhere the params
+  themselves, since accelerators' dot kernels take either layout at the same speed.
+
+  Worth it for many decoding calls with the same weights (an evaluation, a chat); `generate` and
+  `beam_search` give the same tokens with either layout.
+  """
+  platforms = lambda leaf: ({d.platform for d in leaf.devices()} if isinstance(leaf, jax.Array)
+                            else {jax.default_backend()})  # numpy: where jnp would put it.
+  on_cpu = all(platforms(leaf) == {"cpu"} for leaf in jax.tree.leaves(params))
+  return decoding_layout(params) if on_cpu else params
 
 
 # ---------------------------------------------------------------- prompts

@@ -117,6 +117,9 @@ class LanguageModel:
     from tasks.special_tokens import special_tokens
     self.eos = special_tokens(vocab).eos
     self._score = jax.jit(self._score_impl)
+    # decoding.decoding_params(params), made at the first generation: on the CPU a second copy of
+    # the weights, laid out for decoding; scoring keeps the model's layout.
+    self._decoding_params = None
 
   def _score_impl(self, params, inputs, targets, weights):
     stats = self.model.token_statistics(params, {"decoder_input_tokens": inputs,
@@ -164,6 +167,8 @@ class LanguageModel:
       raise ValueError(f"max_gen_toks {max_gen_toks} leaves no room for a prompt in {self.max_length} tokens")
     sampler = decoding.Sampler("greedy" if samples == 1 else "temperature",
                                temperature=1.0 if samples == 1 else temperature)
+    if self._decoding_params is None:
+      self._decoding_params = decoding.decoding_params(self.params)
     outputs = [[] for _ in contexts]
     self.progress.start("generations", len(contexts) * samples)
     for sample in range(samples):
@@ -176,7 +181,7 @@ class LanguageModel:
         prompts = np.zeros((self.batch_size, width), np.int32)
         for j, c in enumerate(chunk):
           prompts[j, width - len(c):] = c
-        tokens, _ = decoding.generate(self.model.config, self.params, jnp.asarray(prompts),
+        tokens, _ = decoding.generate(self.model.config, self._decoding_params, jnp.asarray(prompts),
                                       jax.random.PRNGKey(seed * 1000 + sample),
                                       max_decode_len=max_gen_toks, sampler=sampler,
                                       stop_tokens=(self.eos,))

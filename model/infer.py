@@ -139,7 +139,7 @@ def _chat(model, user_turns, step_dir, data_dir, partitioner, seed, output_path,
   from tasks import chat_template as ct
   vocab = tasks.get_vocabulary(data_dir)
   bos_id, stop_ids = special_ids(vocab)
-  params = _load(model, step_dir, partitioner)
+  params = decoding.decoding_params(_load(model, step_dir, partitioner))  # Made once for every turn.
   turns, results = [], []
   for i, user in enumerate(user_turns):
     turns = ct.normalize(ct.messages_of(turns) + [{"role": ct.USER, "content": user}])

@@ -95,6 +95,7 @@ def continue_greedily(model, params, prompts: Sequence[Sequence[int]], length: i
                       batch_size: int = 8) -> list[list[int]]:
   """``length`` greedy tokens after each prompt; no token stops it (EOS / end-of-turn included)."""
   from model import decoding
+  params = decoding.decoding_params(params)  # Made once for every batch.
   out = []
   for start in range(0, len(prompts), batch_size):
     chunk = [list(p) for p in prompts[start:start + batch_size]]

@@ -110,6 +110,29 @@ def weights_first_matmul(x: jax.Array, w_t: jax.Array, **kwargs) -> jax.Array:
   return jax.lax.optimization_barrier(jnp.einsum("NK,MK->NM", w_t, x, **kwargs)).T
 
 
+def output_first_product(x: jax.Array, w_t: jax.Array, **kwargs) -> jax.Array:
+  """x [B, T, K] times a weight stored output-first, w_t [N, K]: [B, T, N].
+
+  With few tokens (decoding) the weight leads the product (`weights_first_matmul`); with many
+  (a prefill) XLA picks the layout of a plain product.
+  """
+  tokens = x.reshape((-1, x.shape[-1]))
+  if tokens.shape[0] <= FEW_TOKENS:
+    out = weights_first_matmul(tokens, w_t, **kwargs)
+  else:
+    out = jnp.einsum("MK,NK->MN", tokens, w_t, **kwargs)
+  return out.reshape(x.shape[:2] + out.shape[1:])
+
+
+# Names of the weights of `Attention.output_first` and `FeedForward.output_first`: each module's
+# products as [out, in] matrices, the output axes folded into one. Decoding on the CPU streams a
+# weight fastest in that form (`weights_first_matmul`); `transformer.decoding_layout` makes them.
+QKV_OUTPUT_FIRST = "qkv_output_first"
+ATTN_OUT_OUTPUT_FIRST = "attn_vec_output_first"
+GATING_OUTPUT_FIRST = "gating_output_first"
+DOWN_OUTPUT_FIRST = "linear_output_first"
+
+
 def weight_copy_is_cheaper(x: jax.Array, stacked: jax.Array) -> bool:
   """Whether copying the C weights out of `stacked` [C, D, ...] costs less than broadcasting the
   tokens of x [B, T, D] over C and splitting the C results (what `stacked_token_einsum` picks from).
@@ -172,12 +195,8 @@ class Embedder(nn.Module):
 
   def decode(self, x: jax.Array) -> jax.Array:
     """[B, T, D] -> float32 logits [B, T, V] through the transposed embedding."""
-    table = self.input_embedding.astype(self.config.compute_dtype)
-    if x.shape[0] * x.shape[1] > FEW_TOKENS:
-      return token_einsum("MD,VD->MV", x, table, preferred_element_type=jnp.float32)
-    tokens = x.reshape((-1, x.shape[-1]))  # Decoding: the table, stored [V, D], leads the product.
-    logits = weights_first_matmul(tokens, table, preferred_element_type=jnp.float32)
-    return logits.reshape(x.shape[:2] + logits.shape[1:])
+    table = self.input_embedding.astype(self.config.compute_dtype)  # Stored [V, D]: output-first.
+    return output_first_product(x, table, preferred_element_type=jnp.float32)
 
 
 class RMSNorm(nn.Module):
@@ -429,21 +448,12 @@ class Attention(nn.Module):
     """
     cfg = self.config
     dtype = cfg.compute_dtype
-    q_w = self.param("q_einsum", nn.with_logical_partitioning(_dense_init(1, (0, 2)), ("heads", "embed", "kv")),
-                     (cfg.num_heads, cfg.embed_dim, cfg.head_dim), cfg.weight_dtype)
-    kv_w = self.param("kv_einsum",
-                      nn.with_logical_partitioning(_dense_init(2, (1, 3), (0,)), (None, "kv_heads", "embed", "kv")),
-                      (2, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim), cfg.weight_dtype)
-    out_w = self.param("attn_vec_einsum",
-                       nn.with_logical_partitioning(_dense_init((0, 1), 2), ("heads", "kv", "embed")),
-                       (cfg.num_heads, cfg.head_dim, cfg.embed_dim), cfg.weight_dtype)
-
-    q_w, kv_w = q_w.astype(dtype), kv_w.astype(dtype)
-    if weight_copy_is_cheaper(x, q_w):  # XLA transposes q_w once to [D, N, H] for the dot.
-      query = token_einsum("MD,NDH->MNH", x, q_w)
-    else:  # Few tokens: one batched dot per head over q_w as stored.
-      query = jnp.stack(stacked_token_einsum("MD,DH->MH", x, q_w), axis=2)
-    key, value = stacked_token_einsum("MD,KDH->MKH", x, kv_w)
+    if self.has_variable("params", QKV_OUTPUT_FIRST):  # transformer.decoding_layout's weights.
+      query, key, value = self._project_output_first(x)
+      out_w_t = self.get_variable("params", ATTN_OUT_OUTPUT_FIRST).astype(dtype)
+      project_out = lambda encoded: output_first_product(encoded, out_w_t)
+    else:
+      query, key, value, project_out = self._project(x)
     query = apply_rope(query, positions) * jnp.asarray(cfg.head_dim**-0.5, dtype)
     key = apply_rope(key, positions)
 
@@ -460,11 +470,54 @@ class Attention(nn.Module):
       else:
         attend = lambda q, m: dot_product_attention(q, key, value, m)
         encoded = map_chunks(attend, (query, mask), cfg.attention_chunk_size)
-    # Heads and head_dim folded into one axis X on both sides (free reshapes): a plain matmul over
-    # the weight as stored, which XLA would otherwise transpose on every call.
-    encoded = encoded.reshape(batch, length, cfg.num_heads * cfg.head_dim)
-    out_w = out_w.reshape(cfg.num_heads * cfg.head_dim, cfg.embed_dim)
-    return token_einsum("MX,XD->MD", encoded, out_w.astype(dtype)), new_cache
+    # Heads and head_dim folded into one axis X (free reshapes): a plain product over the weight.
+    return project_out(encoded.reshape(batch, length, cfg.num_heads * cfg.head_dim)), new_cache
+
+  def _project(self, x):
+    """Query [B, T, N, H], key and value [B, T, K, H] and the output projection, over the weights
+    in their training layout (the model's parameters)."""
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    q_w = self.param("q_einsum", nn.with_logical_partitioning(_dense_init(1, (0, 2)), ("heads", "embed", "kv")),
+                     (cfg.num_heads, cfg.embed_dim, cfg.head_dim), cfg.weight_dtype)
+    kv_w = self.param("kv_einsum",
+                      nn.with_logical_partitioning(_dense_init(2, (1, 3), (0,)), (None, "kv_heads", "embed", "kv")),
+                      (2, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim), cfg.weight_dtype)
+    out_w = self.param("attn_vec_einsum",
+                       nn.with_logical_partitioning(_dense_init((0, 1), 2), ("heads", "kv", "embed")),
+                       (cfg.num_heads, cfg.head_dim, cfg.embed_dim), cfg.weight_dtype)
+
+    q_w, kv_w = q_w.astype(dtype), kv_w.astype(dtype)
+    if weight_copy_is_cheaper(x, q_w):  # XLA transposes q_w once to [D, N, H] for the dot.
+      query = token_einsum("MD,NDH->MNH", x, q_w)
+    else:  # Few tokens: one batched dot per head over q_w as stored.
+      query = jnp.stack(stacked_token_einsum("MD,DH->MH", x, q_w), axis=2)
+    key, value = stacked_token_einsum("MD,KDH->MKH", x, kv_w)
+    # Folding heads and head_dim into X keeps the output projection a plain matmul over the weight
+    # as stored, which XLA would otherwise transpose on every call.
+    out_w = out_w.reshape(cfg.num_heads * cfg.head_dim, cfg.embed_dim).astype(dtype)
+    return query, key, value, lambda encoded: token_einsum("MX,XD->MD", encoded, out_w)
+
+  def _project_output_first(self, x):
+    """Query, key and value as `_project` gives them, from one product over QKV_OUTPUT_FIRST."""
+    cfg = self.config
+    qkv = output_first_product(x, self.get_variable("params", QKV_OUTPUT_FIRST).astype(cfg.compute_dtype))
+    lead, q_width = x.shape[:2], cfg.num_heads * cfg.head_dim
+    query = qkv[..., :q_width].reshape(lead + (cfg.num_heads, cfg.head_dim))
+    key_value = qkv[..., q_width:].reshape(lead + (2, cfg.num_kv_heads, cfg.head_dim))
+    return query, key_value[:, :, 0], key_value[:, :, 1]
+
+  @staticmethod
+  def output_first(params: dict) -> dict:
+    """This module's parameters with its products laid out for `_project_output_first`:
+    [N*H + 2*K*H, D] for the query, key and value, [D, N*H] for the output projection."""
+    q_w, kv_w, out_w = params["q_einsum"], params["kv_einsum"], params["attn_vec_einsum"]
+    embed = q_w.shape[1]
+    q_t = jnp.transpose(q_w, (0, 2, 1)).reshape(-1, embed)  # [N, D, H] -> [N*H, D]
+    kv_t = jnp.transpose(kv_w, (0, 1, 3, 2)).reshape(-1, embed)  # [2, K, D, H] -> [2*K*H, D]
+    rest = {k: v for k, v in params.items() if k not in ("q_einsum", "kv_einsum", "attn_vec_einsum")}
+    return {**rest, QKV_OUTPUT_FIRST: jnp.concatenate([q_t, kv_t]),
+            ATTN_OUT_OUTPUT_FIRST: out_w.reshape(-1, embed).T}
 
 
 class FeedForward(nn.Module):
@@ -476,15 +529,29 @@ class FeedForward(nn.Module):
   def __call__(self, x):
     cfg = self.config
     dtype = cfg.compute_dtype
-    gating = self.param("gating_einsum",
-                        nn.with_logical_partitioning(_dense_init(1, 2, (0,)), (None, "embed", "mlp")),
-                        (2, cfg.embed_dim, cfg.hidden_dim), cfg.weight_dtype)
-    down = self.param("linear", nn.with_logical_partitioning(_dense_init(0, 1), ("mlp", "embed")),
-                      (cfg.hidden_dim, cfg.embed_dim), cfg.weight_dtype)
-    gate, up = stacked_token_einsum("MD,DF->MF", x, gating.astype(dtype))
+    if self.has_variable("params", GATING_OUTPUT_FIRST):  # transformer.decoding_layout's weights.
+      gate_up = output_first_product(x, self.get_variable("params", GATING_OUTPUT_FIRST).astype(dtype))
+      gate, up = gate_up[..., :cfg.hidden_dim], gate_up[..., cfg.hidden_dim:]
+      down_t = self.get_variable("params", DOWN_OUTPUT_FIRST).astype(dtype)
+      project_down = lambda hidden: output_first_product(hidden, down_t)
+    else:
+      gating = self.param("gating_einsum",
+                          nn.with_logical_partitioning(_dense_init(1, 2, (0,)), (None, "embed", "mlp")),
+                          (2, cfg.embed_dim, cfg.hidden_dim), cfg.weight_dtype)
+      down = self.param("linear", nn.with_logical_partitioning(_dense_init(0, 1), ("mlp", "embed")),
+                        (cfg.hidden_dim, cfg.embed_dim), cfg.weight_dtype)
+      gate, up = stacked_token_einsum("MD,DF->MF", x, gating.astype(dtype))
+      project_down = lambda hidden: token_einsum("MF,FD->MD", hidden, down.astype(dtype))
     hidden = jax.nn.gelu(gate, approximate=True) * up
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
-    return token_einsum("MF,FD->MD", hidden, down.astype(dtype))
+    return project_down(hidden)
+
+  @staticmethod
+  def output_first(params: dict) -> dict:
+    """This module's parameters laid out output-first: [2*F, D] for gate and up, [D, F] for down."""
+    gating, down = params["gating_einsum"], params["linear"]
+    gating_t = jnp.transpose(gating, (0, 2, 1)).reshape(-1, gating.shape[1])  # [2, D, F] -> [2*F, D]
+    return {GATING_OUTPUT_FIRST: gating_t, DOWN_OUTPUT_FIRST: down.T}
 
 
 class Block(nn.Module):

@@ -325,3 +325,80 @@ def test_logits_put_the_embedding_table_first_only_for_few_tokens(tokens):
   vocab, num = config.vocab_size, tokens[0] * tokens[1]
   table_first = re.search(rf"= f32\[{vocab},{num}\]\{{[0-9,]*\}} (dot|fusion)\(", hlo)
   assert bool(table_first) == (num <= modules.FEW_TOKENS), hlo[:4000]
+
+
+# ---------------------------------------------------------------- decoding layout
+
+
+@pytest.mark.parametrize("config", [F32, MQA], ids=["gqa", "mqa"])
+@pytest.mark.parametrize("prompt_len", [4, 40], ids=["few_tokens", "many_tokens"])
+def test_the_decoding_layout_gives_the_same_tokens_and_scores(config, prompt_len):
+  """generate (greedy and sampled) and beam_search over `decoding_params` give the tokens and scores
+  of the model's own layout; 2 x 40 prompt tokens put the prefill past FEW_TOKENS (a plain product),
+  2 x 4 keep it in the weights-first form."""
+  from model import modules
+  params = DecoderOnlyModel(config).init_params(jax.random.PRNGKey(3))
+  fast = decoding.decoding_params(params)
+  assert modules.QKV_OUTPUT_FIRST in fast["layer_0"]["attn"]
+  prompts = jnp.asarray(decoding.pad_prompts([list(range(3, 3 + prompt_len)), [8, 200, 7]], BOS))
+  assert (prompts.size > modules.FEW_TOKENS) == (prompt_len == 40)
+  rng = jax.random.PRNGKey(5)
+  for sampler in (decoding.Sampler("greedy"), decoding.Sampler("top_k", top_k=5)):
+    run = lambda p: decoding.generate(config, p, prompts, rng, max_decode_len=DECODE_LEN, sampler=sampler,
+                                      stop_tokens=())
+    (tokens, scores), (fast_tokens, fast_scores) = run(params), run(fast)
+    np.testing.assert_array_equal(fast_tokens, tokens)
+    np.testing.assert_allclose(fast_scores, scores, rtol=1e-5, atol=1e-5)
+  beams = lambda p: decoding.beam_search(config, p, prompts, max_decode_len=DECODE_LEN, num_beams=3, stop_tokens=())
+  (tokens, scores), (fast_tokens, fast_scores) = beams(params), beams(fast)
+  np.testing.assert_array_equal(fast_tokens, tokens)
+  np.testing.assert_allclose(fast_scores, scores, rtol=1e-5, atol=1e-5)
+
+
+def test_the_decoding_layout_holds_every_weight_once():
+  """`decoding_layout` replaces each layer's products rather than adding copies (the training layout
+  can be dropped while decoding), leaves the embedding table and norm scales as they are, and leaves
+  params already in its layout alone."""
+  params = DecoderOnlyModel(MQA).init_params(jax.random.PRNGKey(0))
+  fast = decoding.decoding_params(params)
+  size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  assert size(fast) == size(params)
+  layer = fast["layer_1"]
+  assert not {"q_einsum", "kv_einsum", "attn_vec_einsum"} & set(layer["attn"])
+  assert not {"gating_einsum", "linear"} & set(layer["mlp"])
+  assert all(x.ndim == 2 for x in jax.tree.leaves({"attn": layer["attn"], "mlp": layer["mlp"]}))
+  np.testing.assert_array_equal(fast["embedder"]["input_embedding"], params["embedder"]["input_embedding"])
+  np.testing.assert_array_equal(layer["pre_ffw_norm"]["scale"], params["layer_1"]["pre_ffw_norm"]["scale"])
+  again = decoding.decoding_params(fast)  # Already laid out for decoding: returned as it is.
+  assert jax.tree.structure(again) == jax.tree.structure(fast)
+  assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(fast)))
+
+
+def test_a_decoding_step_over_the_decoding_layout_puts_every_weight_first():
+  """Over `decoding_params`, every product of a decoding step has its weight as the dot's left
+  operand, [out, in] as stored ([out, tokens] results: the form XLA:CPU streams fastest,
+  docs/model_benchmarks.md), and no weight is copied or transposed first."""
+  import re
+  config = get_config("tiny", num_kv_heads=1, dtype="float32", embed_dim=128, hidden_dim=512,
+                      num_heads=4, head_dim=32)
+  params = decoding.decoding_params(DecoderOnlyModel(config).init_params(jax.random.PRNGKey(0)))
+  matrices = {w.shape for w in jax.tree.leaves(params) if w.ndim == 2}
+  assert len(matrices) == 5  # The table, qkv, attention output, gate and up, down.
+  cache = init_cache(config, 2, 8)
+  step = jax.jit(lambda p, c, t: decoding._step(Transformer(config), p, t, jnp.zeros_like(t), jnp.ones_like(t), c))
+  tokens = jnp.ones((2, 1), jnp.int32)
+  hlo = step.lower(params, cache, tokens).compile().as_text()
+  for out, _ in matrices:
+    assert re.search(rf"= f32\[{out},2\]\{{[0-9,]*\}} (dot|fusion)\(", hlo), (out, hlo[:4000])
+  copies = _weight_copies(hlo, {tuple(sorted(shape)) for shape in matrices})
+  assert not copies, "\n".join(copies)
+
+
+def test_decoding_params_keeps_the_model_layout_off_the_cpu(monkeypatch):
+  """Off the CPU (here: numpy params where the default backend says "gpu") the params are returned
+  as they are: accelerators' dot kernels take either layout."""
+  params = jax.tree.map(np.asarray, DecoderOnlyModel(MQA).init_params(jax.random.PRNGKey(0)))
+  from model import modules
+  assert modules.QKV_OUTPUT_FIRST in decoding.decoding_params(params)["layer_0"]["attn"]
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert decoding.decoding_params(params) is params

@@ -95,14 +95,16 @@ def test_benchmarks_import_nothing_missing_on_the_gpu_machine():
 
 
 def test_variants_time_the_code_as_it_was_in_the_same_run():
-  """`--variants copies` runs ours as it was before it stopped copying weights: a side of its own,
-  computing the same losses / tokens (only the speed differs)."""
+  """`--variants copies` runs ours as it was before it stopped copying weights, and (decoding)
+  `training_layout` over the params as initialised: sides of their own, computing the same losses /
+  tokens (only the speed differs)."""
   result = model_train_step.main(SMOKE + ["--batch_size", "2", "--seq_len", "16", "--variants", "copies",
                                           "--result", "none"])
   assert result["sides"]["ours[copies]"]["values"] == pytest.approx(result["sides"]["ours"]["values"], abs=1e-5)
   result = model_decode.main(SMOKE + ["--batch_size", "2", "--seq_len", "8", "--new_tokens", "4",
-                                      "--variants", "copies", "--result", "none"])
+                                      "--variants", "copies", "training_layout", "--result", "none"])
   assert result["sides"]["ours[copies]"]["values"] == result["sides"]["ours"]["values"]
+  assert result["sides"]["ours[training_layout]"]["values"] == result["sides"]["ours"]["values"]
 
 
 def test_roofline_counts_the_flops_xla_compiles():

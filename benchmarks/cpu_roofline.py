@@ -9,7 +9,8 @@ side in its own pinned one-thread process, interleaved), what one core does at b
   jax_matmul / torch_matmul   a float32 [2048, 2048] x [2048, 2048] product (17.2 GFLOP), XLA:CPU
                               and torch (oneDNN / MKL); the faster of the two is the peak rate.
   read[<bytes>]               numpy's sum over a float32 buffer the size of a benchmarked model's
-                              weights: the rate at which one core streams them.
+                              weights: the rate at which one core streams them, unless a gemv side
+                              below streams that many bytes faster (then the faster one counts).
 
 Then, for each committed result of benchmarks/model_train_step.py and benchmarks/model_decode.py
 (benchmarks/results/train_step_*.json, decode_*.json; the model shape comes from the result's own
@@ -36,11 +37,14 @@ that rate for both libraries (``kernel_stream_rates``):
 
   jax_gemv[<config>_b<batch>][<layout>] / torch_gemv[...]   [batch, in] x every matmul weight of
                               the model, stored [in, out] or [out, in] (and, for XLA, [out, in]
-                              with the weight as the dot's left operand), in one call per run.
+                              with the weight as the dot's left operand, or as a multiply-and-sum
+                              that XLA emits as a reduction rather than a dot), in one call per run.
 
-It is not turned into a floor: the decoding step batches these products and re-reads the same
-weights every step (a small model's stay in the caches), so a real step can beat the sum of
-isolated products (at ``small`` it does).
+Where the model's weights are larger than the last-level cache, every decoding step reads them
+from memory as one gemv run does, so a decode row gets an XLA floor too: the prefill at
+jax_matmul's rate plus one read of the weights per generated token at the stream rate of the
+fastest XLA form measured (a form not tried here could be faster). Where they fit in the cache (``small``) the step re-reads weights the previous step
+left there and can beat the isolated products (it does), so that row has no XLA floor.
 Writes benchmarks/results/cpu_roofline.json.
 """
 
@@ -94,8 +98,10 @@ def decode_weight_shapes(c: dict) -> list[tuple[int, int]]:
 # How a product with a weight is written, per layout of jax_gemv_side: x [batch, in] times each
 # weight stored [in, out] ("in_out", as the layers store theirs), stored [out, in] ("out_in", as the
 # tied embedding is), or stored [out, in] with the weight as the dot's left operand
-# ("weights_first": model.modules.weights_first_matmul, the decoding logits' form).
-JAX_LAYOUTS = ("in_out", "out_in", "weights_first")
+# ("weights_first": model.modules.weights_first_matmul, the decoding logits' form), or stored
+# [out, in] and multiplied elementwise then summed over `in` ("multiply_reduce": a reduce fusion, the
+# one form in which XLA:CPU emits the product without a dot kernel).
+JAX_LAYOUTS = ("in_out", "out_in", "weights_first", "multiply_reduce")
 TORCH_LAYOUTS = ("in_out", "out_in")
 
 
@@ -115,7 +121,8 @@ def jax_gemv_side(config: dict, batch: int, layout: str):
   xs = [jnp.asarray(rng.standard_normal((batch, k), np.float32)) for k, _ in shapes]
   product = {"in_out": lambda x, w: jnp.einsum("bk,kn->bn", x, w),
              "out_in": lambda x, w: jnp.einsum("bk,nk->bn", x, w),
-             "weights_first": modules.weights_first_matmul}[layout]
+             "weights_first": modules.weights_first_matmul,
+             "multiply_reduce": lambda x, w: jnp.sum(x[:, None, :] * w[None], axis=-1)}[layout]
   products = jax.jit(lambda xs, ws: [product(x, w) for x, w in zip(xs, ws)])
   jax.block_until_ready(products(xs, weights))
   return lambda: float(jax.block_until_ready(products(xs, weights))[-1][0, 0])
@@ -165,6 +172,34 @@ def decode_bound(settings: dict, peak_flops: float, read_bytes_per_s: float) -> 
           "bound_cpu_s": flops / peak_flops + weight_bytes / read_bytes_per_s}
 
 
+def last_level_cache_bytes(cpu: int) -> int | None:
+  """Size of the highest-level cache `cpu` uses (sysfs), or None where the kernel does not say."""
+  levels = {}
+  for index in glob.glob(f"/sys/devices/system/cpu/cpu{cpu}/cache/index*"):
+    try:
+      level = int(open(os.path.join(index, "level")).read())
+      size = open(os.path.join(index, "size")).read().strip()
+    except (OSError, ValueError):
+      continue
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    levels[level] = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+  return levels[max(levels)] if levels else None
+
+
+def fastest_streams(read_rates: dict[int, float], gemv_rates: dict[str, float],
+                    gemv_bytes: dict[str, int]) -> dict[int, dict]:
+  """Per buffer size, the fastest measured stream of that many bytes: numpy's sum, or any gemv side
+  that reads weights of that total size (a kernel that streams faster than the sum shows the core can)."""
+  out = {}
+  for num_bytes, rate in read_rates.items():
+    best = {"bytes_per_cpu_s": rate, "side": f"read[{num_bytes}]"}
+    for name, gemv_rate in gemv_rates.items():
+      if gemv_bytes[name] == num_bytes and gemv_rate > best["bytes_per_cpu_s"]:
+        best = {"bytes_per_cpu_s": gemv_rate, "side": name}
+    out[num_bytes] = best
+  return out
+
+
 def model_results(results_dir: str, cpu: dict) -> list[tuple[str, str, dict]]:
   """(kind, path, result) of the committed float32 model benchmark results with peers that were
   measured on a CPU of this model name and `cpu_id` (harness.machine(); a roofline of one machine
@@ -190,9 +225,10 @@ def gemv_key(result: dict) -> str:
 
 
 def bound_row(kind: str, path: str, result: dict, peak_flops: float, read_rate: float,
-              xla_flops: float, stream_rates: dict[str, float]) -> dict:
+              xla_flops: float, stream_rates: dict[str, float], cache_bytes: int | None = None) -> dict:
   """``xla_flops``: XLA's matmul rate (a training step's XLA floor); ``stream_rates``: the gemv
-  rates measured at a decode row's config and batch."""
+  rates measured at a decode row's config and batch; ``cache_bytes``: the last-level cache, above
+  which a decode row's XLA floor reads its weights at the fastest XLA form's rate."""
   bound_fn = train_step_bound if kind == "train_step" else decode_bound
   bound = bound_fn(result["settings"], peak_flops, read_rate)
   medians = {name: side["cpu"]["median"] for name, side in result["sides"].items()}
@@ -207,13 +243,20 @@ def bound_row(kind: str, path: str, result: dict, peak_flops: float, read_rate: 
       "max_possible_ratio_vs_best_peer": max_ratio, "target": TARGETS[kind],
       "target_reachable": max_ratio >= TARGETS[kind],
   }
+  xla_floor = None
   if kind == "train_step":
     xla_floor = bound_fn(result["settings"], xla_flops, read_rate)["bound_cpu_s"]
+  else:
+    row["kernel_stream_rates"] = stream_rates
+    xla_rates = {name: rate for name, rate in stream_rates.items() if name.startswith("jax_")}
+    if cache_bytes is not None and weight_bytes(result) > cache_bytes and xla_rates:
+      fastest = max(xla_rates, key=xla_rates.get)
+      xla_floor = bound_fn(result["settings"], xla_flops, xla_rates[fastest])["bound_cpu_s"]
+      row["xla_floor_stream_rate"] = fastest
+  if xla_floor is not None:
     row.update({"xla_floor_cpu_s": xla_floor, "ours_over_xla_floor": medians["ours"] / xla_floor,
                 "max_ratio_with_xla_kernels": peers[best_peer] / xla_floor,
                 "target_reachable_with_xla_kernels": peers[best_peer] / xla_floor >= TARGETS[kind]})
-  else:
-    row["kernel_stream_rates"] = stream_rates
   return row
 
 
@@ -245,11 +288,12 @@ def main(argv=None) -> dict:
   flops = 2 * MATMUL_SIZE**3
   rates = {"matmul_flops_per_cpu_s": {lib: flops / best[f"{lib}_matmul"] for lib in ("jax", "torch")},
            "read_bytes_per_cpu_s": {n: n / best[f"read[{n}]"] for n in sizes}}
-  rates["gemv_bytes_per_cpu_s"] = {
-      f"{lib}_gemv[{key}][{layout}]": 4 * sum(k * n for k, n in decode_weight_shapes(settings["config"]))
-      / best[f"{lib}_gemv[{key}][{layout}]"]
-      for key, settings in decodes.items()
-      for lib, layouts in (("jax", JAX_LAYOUTS), ("torch", TORCH_LAYOUTS)) for layout in layouts}
+  gemv_bytes = {f"{lib}_gemv[{key}][{layout}]": 4 * sum(k * n for k, n in decode_weight_shapes(settings["config"]))
+                for key, settings in decodes.items()
+                for lib, layouts in (("jax", JAX_LAYOUTS), ("torch", TORCH_LAYOUTS)) for layout in layouts}
+  rates["gemv_bytes_per_cpu_s"] = {name: num_bytes / best[name] for name, num_bytes in gemv_bytes.items()}
+  rates["stream_bytes_per_cpu_s"] = fastest_streams(rates["read_bytes_per_cpu_s"], rates["gemv_bytes_per_cpu_s"],
+                                                    gemv_bytes)
   peak = max(rates["matmul_flops_per_cpu_s"].values())
   xla_flops = rates["matmul_flops_per_cpu_s"]["jax"]
 
@@ -258,19 +302,24 @@ def main(argv=None) -> dict:
       return {}
     return {name: rate for name, rate in rates["gemv_bytes_per_cpu_s"].items() if f"[{gemv_key(r)}]" in name}
 
+  cache_bytes = last_level_cache_bytes(result["method"]["cpus"][0])
+  rates["last_level_cache_bytes"] = cache_bytes
   result["rates"] = rates
-  result["bounds"] = [bound_row(kind, path, r, peak, rates["read_bytes_per_cpu_s"][weight_bytes(r)],
-                                xla_flops, stream_rates(kind, r))
+  result["bounds"] = [bound_row(kind, path, r, peak,
+                                rates["stream_bytes_per_cpu_s"][weight_bytes(r)]["bytes_per_cpu_s"],
+                                xla_flops, stream_rates(kind, r), cache_bytes)
                       for kind, path, r in rows]
   print(f"peak float32 matmul: jax {rates['matmul_flops_per_cpu_s']['jax'] / 1e9:.1f}, "
         f"torch {rates['matmul_flops_per_cpu_s']['torch'] / 1e9:.1f} GFLOP per CPU-s; read: "
-        + ", ".join(f"{n / 2**20:.0f} MiB at {r / 1e9:.1f} GB/s" for n, r in rates["read_bytes_per_cpu_s"].items()))
+        + ", ".join(f"{n / 2**20:.0f} MiB at {r / 1e9:.1f} GB/s" for n, r in rates["read_bytes_per_cpu_s"].items())
+        + "; fastest stream: " + ", ".join(f"{n / 2**20:.0f} MiB at {s['bytes_per_cpu_s'] / 1e9:.1f} GB/s ({s['side']})"
+                                           for n, s in rates["stream_bytes_per_cpu_s"].items()))
   for row in result["bounds"]:
     print(f"{row['result']}: bound {row['bound_cpu_s']:.3f} CPU-s, ours {row['ours_median_cpu_s']:.3f} "
           f"({row['ours_over_bound']:.2f}x the bound), {row['best_peer']} {row['best_peer_median_cpu_s']:.3f}; "
           f"measured {row['measured_ratio_vs_best_peer']:.2f}x, at most {row['max_possible_ratio_vs_best_peer']:.2f}x "
           f"possible, target {row['target']}x {'reachable' if row['target_reachable'] else 'NOT reachable'}"
-          + (f"; with XLA's matmul rate: floor {row['xla_floor_cpu_s']:.3f} CPU-s, at most "
+          + (f"; with XLA's kernels: floor {row['xla_floor_cpu_s']:.3f} CPU-s, at most "
              f"{row['max_ratio_with_xla_kernels']:.2f}x" if "xla_floor_cpu_s" in row else ""))
   for name, rate in rates["gemv_bytes_per_cpu_s"].items():
     print(f"{name}: {rate / 1e9:.1f} GB/s")

@@ -140,6 +140,50 @@ def test_roofline_counts_the_flops_xla_compiles():
   assert decode["bytes"] == 4 * 4 * cpu_roofline.matmul_params(c)  # Every weight, once per token after the first.
 
 
+def test_roofline_decode_forms_agree_and_the_xla_floor_needs_weights_beyond_the_cache():
+  """The gemv forms stored [out, in] compute the same products; a decode row's XLA floor reads its
+  weights at the fastest XLA form's rate, and only where they do not fit in the last-level cache."""
+  import dataclasses
+
+  from benchmarks import cpu_roofline
+
+  c = dataclasses.asdict(_common.build_config("tiny", {}, "float32"))
+  values = {layout: cpu_roofline.jax_gemv_side(c, 2, layout)()
+            for layout in ("out_in", "weights_first", "multiply_reduce")}
+  assert values["multiply_reduce"] == pytest.approx(values["out_in"], rel=1e-5)
+  assert values["weights_first"] == pytest.approx(values["out_in"], rel=1e-5)
+
+  settings = {"config": c, "batch_size": 2, "seq_len": 8, "new_tokens": 5, "dtype": "float32"}
+  result = {"settings": settings, "sides": {"ours": {"cpu": {"median": 2.0}}, "transformers[sdpa]": {"cpu": {"median": 3.0}}},
+            "ratios": {"transformers[sdpa]": {"cpu": {"median": 1.5}}}}
+  rates = {"jax_gemv[tiny_b2][in_out]": 1e9, "jax_gemv[tiny_b2][weights_first]": 4e9,
+           "torch_gemv[tiny_b2][in_out]": 8e9}  # torch's kernels are not XLA's: no part of the floor.
+  weights = cpu_roofline.weight_bytes(result)
+  row = cpu_roofline.bound_row("decode", "decode.json", result, 2e9, 10e9, 1e9, rates, cache_bytes=weights - 1)
+  prefill_s = cpu_roofline.decode_bound(settings, 1e9, 1e30)["bound_cpu_s"]
+  floor = prefill_s + weights * (settings["new_tokens"] - 1) / 4e9
+  assert row["xla_floor_stream_rate"] == "jax_gemv[tiny_b2][weights_first]"
+  assert row["xla_floor_cpu_s"] == pytest.approx(floor)
+  assert row["max_ratio_with_xla_kernels"] == pytest.approx(3.0 / floor)
+  fits = cpu_roofline.bound_row("decode", "decode.json", result, 2e9, 10e9, 1e9, rates, cache_bytes=weights)
+  unknown = cpu_roofline.bound_row("decode", "decode.json", result, 2e9, 10e9, 1e9, rates, cache_bytes=None)
+  assert "xla_floor_cpu_s" not in fits and "xla_floor_cpu_s" not in unknown
+  assert fits["kernel_stream_rates"] == rates
+
+
+def test_roofline_streams_at_the_fastest_reader_of_each_size():
+  """A bound's read rate is the fastest measured stream of that many bytes: a gemv that reads the
+  weights faster than numpy's sum raises it; one over another size, or slower, does not."""
+  from benchmarks import cpu_roofline
+
+  streams = cpu_roofline.fastest_streams(
+      {100: 10.0, 200: 20.0},
+      {"jax_gemv[a][weights_first]": 15.0, "jax_gemv[a][in_out]": 5.0, "torch_gemv[b][in_out]": 50.0},
+      {"jax_gemv[a][weights_first]": 100, "jax_gemv[a][in_out]": 100, "torch_gemv[b][in_out]": 300})
+  assert streams == {100: {"bytes_per_cpu_s": 15.0, "side": "jax_gemv[a][weights_first]"},
+                     200: {"bytes_per_cpu_s": 20.0, "side": "read[200]"}}
+
+
 def test_tpu_plan_counts_the_papers_parameters_and_tokens():
   """benchmarks/tpu_plan.py against the Gemma paper's Table 1 (embedding + non-embedding
   parameters, norms included) and its token counts (3T for 2B, 6T for 7B), read from the gins."""

@@ -43,8 +43,9 @@ that rate for both libraries (``kernel_stream_rates``):
 Where the model's weights are larger than the last-level cache, every decoding step reads them
 from memory as one gemv run does, so a decode row gets an XLA floor too: the prefill at
 jax_matmul's rate plus one read of the weights per generated token at the stream rate of the
-fastest XLA form measured (a form not tried here could be faster). Where they fit in the cache (``small``) the step re-reads weights the previous step
-left there and can beat the isolated products (it does), so that row has no XLA floor.
+fastest XLA form measured (a form not tried here could be faster). Where they fit in the cache
+(``small``) the step re-reads weights the previous step left there and can beat the isolated
+products (it does), so that row has no XLA floor.
 Writes benchmarks/results/cpu_roofline.json.
 """
 
@@ -174,6 +175,7 @@ def decode_bound(settings: dict, peak_flops: float, read_bytes_per_s: float) -> 
 
 def last_level_cache_bytes(cpu: int) -> int | None:
   """Size of the highest-level cache `cpu` uses (sysfs), or None where the kernel does not say."""
+  units = {"K": 2**10, "M": 2**20, "G": 2**30}
   levels = {}
   for index in glob.glob(f"/sys/devices/system/cpu/cpu{cpu}/cache/index*"):
     try:
@@ -181,7 +183,6 @@ def last_level_cache_bytes(cpu: int) -> int | None:
       size = open(os.path.join(index, "size")).read().strip()
     except (OSError, ValueError):
       continue
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
     levels[level] = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
   return levels[max(levels)] if levels else None
 
